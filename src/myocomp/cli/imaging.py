@@ -1,0 +1,90 @@
+"""`myocomp quantify`: Dixon images + a label map -> composition metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from myocomp.cli.app import app
+from myocomp.errors import DataError, InputFileError
+
+TABLE_OUT = (".csv", ".tsv", ".parquet", ".json")
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    """'back,psoas' -> ('back', 'psoas'); empty items are an error."""
+    groups = tuple(g.strip() for g in text.split(","))
+    if not all(groups):
+        raise DataError(f"--groups {text!r} has an empty item")
+    return groups
+
+
+def check_table_suffix(path: Path, option: str) -> None:
+    if path.suffix.lower() not in TABLE_OUT:
+        raise InputFileError(f"{option} must end in one of {', '.join(TABLE_OUT)}", source=path)
+
+
+def print_metrics(metrics, title: str) -> None:
+    """Print the main metric columns as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ["group", "volume_ml", "ff_mean", "lean_volume_ml", "intermat_volume_ml", "lmm"]
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == "group" else "right")
+    for _, row in metrics[columns].iterrows():
+        table.add_row(*[str(row[c]) if c == "group" else f"{row[c]:.4g}" for c in columns])
+    Console(width=120).print(table)
+
+
+@app.command()
+def quantify(
+    water: Path = typer.Option(..., "--water", help="Water image (NIfTI), or the single-contrast image when --fat is omitted."),
+    labels: Path = typer.Option(..., "--labels", help="Muscle label map (NIfTI) on the same grid as the images."),
+    out: Path = typer.Option(..., "--out", help="Metrics table to write: .csv, .tsv, .parquet or .json."),
+    fat: Path | None = typer.Option(None, "--fat", help="Fat image (NIfTI). Omit for the approximate single-contrast (GMM) mode."),
+    in_phase: Path | None = typer.Option(None, "--in-phase", help="In-phase image: enables magnitude discrimination, which removes the noise-floor bias of FF in lean muscle."),
+    opposed_phase: Path | None = typer.Option(None, "--opposed-phase", help="Opposed-phase image (checked for geometry, recorded)."),
+    profile: str = typer.Option("mrsegmentator", "--profile", help="Label profile: mrsegmentator, totalsegmentator_mr (total_mr), totalsegmentator_mr_56, totalvibeseg, musclemap, or a dataset.json / {id: name} JSON file."),
+    participant_id: str | None = typer.Option(None, "--participant-id", help="Participant id written in every row (default: none)."),
+    bmi: float | None = typer.Option(None, "--bmi", help="Body-mass index (kg/m^2); needed for lmm, which stays empty without it."),
+    fat_threshold: float = typer.Option(0.5, "--fat-threshold", help="Fat fraction tau (0-1) at and above which a voxel is adipose (InterMAT)."),
+    band_mm: float = typer.Option(0.0, "--band-mm", help="Perimuscular band width in mm: unlabelled voxels this close to the muscle count towards InterMAT (0: none)."),
+    groups: str = typer.Option("back,psoas", "--groups", help="Comma-separated groups: back, psoas, gluteal, all."),
+    slices: Path | None = typer.Option(None, "--slices", help="Also write the per-slice profile (csa_cm2 per slice and muscle) to this table."),
+    provenance: Path | None = typer.Option(None, "--provenance", help="Also write parameters, definitions and versions as JSON."),
+    fat_is_dark: bool = typer.Option(False, "--fat-is-dark", help="Single-contrast mode only: fat is the darker class (e.g. fat-suppressed T2)."),
+) -> None:
+    """Per-muscle and per-group volume, fat fraction, lean volume, InterMAT and LMM of one scan."""
+    from myocomp.imaging.composition import quantify as run_quantify
+    from myocomp.imaging.dixon import load_dixon
+    from myocomp.imaging.labels import get_profile, load_labels
+    from myocomp.io import write_json, write_table
+
+    check_table_suffix(out, "--out")
+    if slices is not None:
+        check_table_suffix(slices, "--slices")
+    group_tuple = parse_groups(groups)
+    label_profile = get_profile(profile)
+    dixon = load_dixon(water, fat, in_phase=in_phase, opposed_phase=opposed_phase)
+    labelmap = load_labels(labels, label_profile, reference=dixon)
+    result = run_quantify(
+        dixon,
+        labelmap,
+        bmi=bmi,
+        fat_threshold=fat_threshold,
+        band_mm=band_mm,
+        groups=group_tuple,
+        participant_id=participant_id,
+        with_slices=slices is not None,
+        fat_is_bright=not fat_is_dark,
+    )
+    write_table(result.metrics, out)
+    if slices is not None and result.slices is not None:
+        write_table(result.slices, slices)
+    if provenance is not None:
+        write_json(result.provenance, provenance)
+    print_metrics(result.metrics, f"{participant_id or water.name}: {result.metrics['method'].iloc[0]}")
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,1 @@
+"""Images -> muscle metrics: Dixon volumes, label maps, composition metrics, DICOM, stitching, QC."""

@@ -1,0 +1,447 @@
+"""Muscle composition metrics (DESIGN.md section 3) from a fat-fraction map and a label map.
+
+Definitions (M = voxels of the muscle or group, FF = fat fraction, tau = ``fat_threshold``,
+v = voxel volume):
+
+- ``volume_ml`` = |M| v; ``n_voxels`` = |M|; ``voxel_volume_ml`` = v.
+- ``ff_mean``, ``ff_median``: over the valid (finite-FF) voxels of M.
+- ``lean_volume_ml`` = sum over M with FF < tau of v (1 - FF): fat-free muscle volume.
+- ``intramuscular_fat_ml`` = |{FF >= tau} in M| v; ``perimuscular_fat_ml`` likewise in the band;
+  ``intermat_volume_ml`` is their sum; ``intermat_fraction`` = intermat / |M u band| v.
+- The band: voxels within ``band_mm`` of M that carry no label (default 0 mm: no band).
+- ``lmm`` = ``lean_volume_ml`` / BMI (mL m^2/kg); empty without a BMI.
+- Invalid voxels (NaN FF) count in the volume; the fat and lean sums over the valid voxels are
+  scaled by |M| / |valid M| (they are assumed to be like the valid voxels); ``n_invalid`` says how
+  many there were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from myocomp.errors import DataError, GeometryError, LabelError
+from myocomp.imaging.dixon import DixonVolume, default_noise_floor, fat_fraction, same_grid
+from myocomp.imaging.labels import LabelMap, group_members, is_muscle
+
+METRIC_COLUMNS = (
+    "volume_ml", "ff_mean", "ff_median", "lean_volume_ml", "intermat_volume_ml",
+    "intramuscular_fat_ml", "perimuscular_fat_ml", "intermat_fraction", "lmm", "n_voxels",
+    "voxel_volume_ml", "n_invalid",
+)
+SLICE_COLUMNS = ("slice", "z_mm", "muscle", "csa_cm2", "ff_mean", "lean_csa_cm2")
+DEFAULT_GROUPS = ("back", "psoas")
+
+DEFINITIONS = {
+    "volume_ml": "mL; voxel count of M x voxel volume",
+    "ff_mean": "fraction 0-1; mean fat fraction over valid voxels of M",
+    "ff_median": "fraction 0-1; median fat fraction over valid voxels of M",
+    "lean_volume_ml": "mL; sum over voxels of M with FF < tau of voxel volume x (1 - FF)",
+    "intermat_volume_ml": "mL; voxels with FF >= tau in M u band, x voxel volume",
+    "intramuscular_fat_ml": "mL; the part of intermat_volume_ml inside M",
+    "perimuscular_fat_ml": "mL; the part of intermat_volume_ml in the band",
+    "intermat_fraction": "0-1; intermat_volume_ml / volume of M u band",
+    "lmm": "mL m^2/kg; lean muscle mass index = lean_volume_ml / BMI",
+    "n_voxels": "count; voxels of M",
+    "voxel_volume_ml": "mL; volume of one voxel",
+    "n_invalid": "count; voxels of M without a valid fat fraction (excluded from FF statistics)",
+    "band": "voxels within band_mm of M that carry no other label (band_mm = 0: no band)",
+    "csa_cm2": "cm^2; cross-sectional area of M in one slice (voxel count x in-plane voxel area)",
+    "lean_csa_cm2": "cm^2; sum over the slice's voxels of M with FF < tau of in-plane area x (1 - FF)",
+}
+
+
+def _check_params(fat_threshold: float, band_mm: float, bmi: float | None) -> None:
+    if not 0.0 < fat_threshold < 1.0:
+        raise DataError(f"fat_threshold must lie strictly between 0 and 1, got {fat_threshold}")
+    if not band_mm >= 0.0:
+        raise DataError(f"band_mm must be >= 0, got {band_mm}")
+    if bmi is not None and not 10.0 <= bmi <= 100.0:
+        raise DataError(f"bmi {bmi} is outside the plausible range 10-100 kg/m^2")
+
+
+def _entities(names: dict[int, str], present: set[int], groups: tuple[str, ...]) -> dict[str, list[int]]:
+    """Ordered mapping entity name -> label ids: the groups first, then their member muscles."""
+    muscle_names = {i: n for i, n in names.items() if is_muscle(n)}
+    by_name: dict[str, list[int]] = {}
+    for i, n in muscle_names.items():
+        by_name.setdefault(n, []).append(i)
+    entities: dict[str, list[int]] = {}
+    members_seen: list[str] = []
+    for group in groups:
+        members = group_members(group, list(by_name))
+        entities[group] = sorted(i for m in members for i in by_name[m] if i in present)
+        members_seen += [m for m in members if m not in members_seen]
+    for m in sorted(members_seen):
+        entities[m] = sorted(i for i in by_name[m] if i in present)
+    return entities
+
+
+@dataclass
+class _Sums:
+    """Per-label sums over the voxels of each muscle label (arrays indexed by label id)."""
+
+    n: np.ndarray
+    n_valid: np.ndarray
+    ff_sum: np.ndarray
+    n_fat: np.ndarray
+    lean: np.ndarray
+    values: dict[int, np.ndarray] = field(default_factory=dict)  # valid FF values per id
+
+
+def _label_sums(ff: np.ndarray, labels: np.ndarray, ids: list[int], fat_threshold: float) -> _Sums:
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    lut[[i for i in ids if i < lut.size]] = True
+    flat_labels = labels.ravel()
+    idx = np.flatnonzero(lut[np.clip(flat_labels, 0, None)])
+    lab = flat_labels[idx]
+    f = ff.ravel()[idx].astype(np.float64)
+    valid = np.isfinite(f)
+    size = lut.size
+    lab_v, f_v = lab[valid], f[valid]
+    fat = f_v >= fat_threshold
+    sums = _Sums(
+        n=np.bincount(lab, minlength=size),
+        n_valid=np.bincount(lab_v, minlength=size),
+        ff_sum=np.bincount(lab_v, weights=f_v, minlength=size),
+        n_fat=np.bincount(lab_v[fat], minlength=size),
+        lean=np.bincount(lab_v[~fat], weights=1.0 - f_v[~fat], minlength=size),
+    )
+    order = np.argsort(lab_v, kind="stable")
+    bounds = np.searchsorted(lab_v[order], ids + [size])
+    for k, i in enumerate(ids):
+        sums.values[i] = f_v[order[bounds[k] : bounds[k + 1]]] if i < size else f_v[:0]
+    return sums
+
+
+def _band_voxels(
+    labels: np.ndarray, ids: list[int], band_mm: float, spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, ...]:
+    """Indices (as from np.nonzero) of unlabelled voxels within band_mm of the voxels of ``ids``."""
+    mask = np.isin(labels, ids)
+    if band_mm <= 0 or not mask.any():
+        return tuple(np.empty(0, dtype=np.intp) for _ in range(3))
+    margin = [int(np.ceil(band_mm / s)) + 1 for s in spacing]
+    nz = np.nonzero(mask)
+    lo = [max(0, int(a.min()) - m) for a, m in zip(nz, margin, strict=True)]
+    hi = [min(n, int(a.max()) + m + 1) for a, m, n in zip(nz, margin, labels.shape, strict=True)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    dist = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
+    band = (dist <= band_mm) & ~mask[box] & (labels[box] == 0)
+    local = np.nonzero(band)
+    return tuple(a + o for a, o in zip(local, lo, strict=True))
+
+
+def composition_metrics(
+    ff: np.ndarray,
+    labels: np.ndarray,
+    names: dict[int, str],
+    voxel_size_mm: tuple[float, float, float],
+    *,
+    bmi: float | None = None,
+    fat_threshold: float = 0.5,
+    band_mm: float = 0.0,
+    groups: tuple[str, ...] | list[str] = DEFAULT_GROUPS,
+) -> pd.DataFrame:
+    """Composition metrics per group and per member muscle.
+
+    Parameters
+    ----------
+    ff : (X, Y, Z) float array, fat fraction in [0, 1]; NaN marks invalid voxels.
+    labels : (X, Y, Z) int array of label ids, same shape.
+    names : label id -> name (a :class:`LabelProfile`'s ``ids``); muscles by canonical name.
+    voxel_size_mm : voxel edge lengths (mm) along the three axes.
+    bmi : body-mass index (kg/m^2) for ``lmm``; None leaves ``lmm`` empty (NaN).
+    fat_threshold : tau, the FF at and above which a voxel counts as adipose tissue.
+    band_mm : width of the perimuscular band (0: none).
+    groups : group names (``back``, ``psoas``, ``gluteal``, ``all``).
+
+    Returns
+    -------
+    DataFrame with column ``group`` (group or muscle name), ``level`` (group | muscle) and
+    :data:`METRIC_COLUMNS`; one row per group, then one per member muscle (sorted by name).
+    """
+    ff = np.asarray(ff)
+    labels = np.asarray(labels)
+    if ff.shape != labels.shape:
+        raise GeometryError(f"fat-fraction map shape {ff.shape} differs from label map shape {labels.shape}")
+    _check_params(fat_threshold, band_mm, bmi)
+    groups = tuple(groups)
+    labels = labels.astype(np.int64, copy=False) if labels.dtype.kind not in "iu" else labels
+    muscle_ids = sorted(i for i, n in names.items() if is_muscle(n))
+    v = float(np.prod(voxel_size_mm)) / 1000.0
+    sums = _label_sums(ff, labels, muscle_ids, fat_threshold)
+    present = {i for i in muscle_ids if i < sums.n.size and sums.n[i] > 0}
+    entities = _entities(names, present, groups)
+    if not any(entities[g] for g in groups):
+        raise LabelError(f"none of the groups {', '.join(groups)} has any voxel in the label map")
+
+    rows = []
+    for name, ids in entities.items():
+        n = int(sums.n[ids].sum()) if ids else 0
+        n_valid = int(sums.n_valid[ids].sum()) if ids else 0
+        values = np.concatenate([sums.values[i] for i in ids]) if ids else np.empty(0)
+        scale = n / n_valid if n_valid else np.nan
+        intramuscular = float(sums.n_fat[ids].sum()) * scale * v if ids else np.nan
+        lean = float(sums.lean[ids].sum()) * scale * v if ids else np.nan
+        band_n = band_fat = 0.0
+        if band_mm > 0 and ids:
+            band = _band_voxels(labels, ids, band_mm, tuple(voxel_size_mm))
+            band_ff = ff[band].astype(np.float64)
+            band_valid = band_ff[np.isfinite(band_ff)]
+            band_n = float(band[0].size)
+            if band_valid.size:
+                band_fat = float((band_valid >= fat_threshold).sum()) * band_n / band_valid.size
+        perimuscular = band_fat * v
+        intermat = intramuscular + perimuscular if ids else np.nan
+        total_volume = (n + band_n) * v
+        rows.append(
+            {
+                "group": name,
+                "level": "group" if name in groups else "muscle",
+                "volume_ml": n * v,
+                "ff_mean": float(sums.ff_sum[ids].sum()) / n_valid if n_valid else np.nan,
+                "ff_median": float(np.median(values)) if values.size else np.nan,
+                "lean_volume_ml": lean,
+                "intermat_volume_ml": intermat,
+                "intramuscular_fat_ml": intramuscular,
+                "perimuscular_fat_ml": perimuscular if ids else np.nan,
+                "intermat_fraction": intermat / total_volume if total_volume > 0 else np.nan,
+                "lmm": lean / bmi if bmi is not None else np.nan,
+                "n_voxels": n,
+                "voxel_volume_ml": v,
+                "n_invalid": n - n_valid,
+            }
+        )
+    return pd.DataFrame(rows, columns=["group", "level", *METRIC_COLUMNS])
+
+
+def slice_profile(
+    ff: np.ndarray,
+    labels: np.ndarray,
+    names: dict[int, str],
+    affine: np.ndarray,
+    *,
+    fat_threshold: float = 0.5,
+    groups: tuple[str, ...] | list[str] = DEFAULT_GROUPS,
+) -> pd.DataFrame:
+    """Per-slice cross-sectional areas along array axis 2 (inferior -> superior in RAS+ arrays).
+
+    Returns a long table with :data:`SLICE_COLUMNS`: ``slice`` (index along axis 2), ``z_mm``
+    (world z of the slice centre), ``muscle`` (group or muscle name), ``csa_cm2``, ``ff_mean``
+    (over valid voxels) and ``lean_csa_cm2``; only slices where the muscle is present. The
+    single-slice (e.g. L3-level) measurement is one row of this table.
+    """
+    ff = np.asarray(ff)
+    labels = np.asarray(labels)
+    nx, ny, nz = labels.shape
+    affine = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    area_cm2 = abs(np.linalg.det(affine[:3, :3])) / spacing[2] / 100.0
+    muscle_ids = sorted(i for i, n in names.items() if is_muscle(n))
+    lut = np.full(int(labels.max(initial=0)) + 1, -1, dtype=np.int64)
+    known = [i for i in muscle_ids if i < lut.size]
+    lut[known] = np.arange(len(known))
+    flat_labels = labels.ravel()
+    compact = lut[np.clip(flat_labels, 0, None)]
+    idx = np.flatnonzero(compact >= 0)
+    row = compact[idx]
+    k = idx % nz
+    f = ff.ravel()[idx].astype(np.float64)
+    valid = np.isfinite(f)
+    fat = valid & (f >= fat_threshold)
+    lean_w = np.where(valid & ~fat, 1.0 - np.nan_to_num(f), 0.0)
+    size = len(known) * nz
+    key = row * nz + k
+    tables = {
+        "n": np.bincount(key, minlength=size),
+        "n_valid": np.bincount(key[valid], minlength=size),
+        "ff_sum": np.bincount(key[valid], weights=f[valid], minlength=size),
+        "lean": np.bincount(key, weights=lean_w, minlength=size),
+    }
+    tables = {name: t.reshape(len(known), nz) for name, t in tables.items()}
+    present = {i for j, i in enumerate(known) if tables["n"][j].any()}
+    entities = _entities(names, present, tuple(groups))
+    position = {i: j for j, i in enumerate(known)}
+    z_mm = (affine @ np.array([(nx - 1) / 2, (ny - 1) / 2, 0, 1.0])[:, None] + affine[:, 2:3] * np.arange(nz))[2]
+    frames = []
+    for name, ids in entities.items():
+        if not ids:
+            continue
+        rows = [position[i] for i in ids]
+        n, n_valid, ff_sum, lean = (tables[t][rows].sum(axis=0) for t in ("n", "n_valid", "ff_sum", "lean"))
+        slices = np.flatnonzero(n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scale = np.where(n_valid > 0, n / np.maximum(n_valid, 1), np.nan)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "slice": slices,
+                        "z_mm": z_mm[slices],
+                        "muscle": name,
+                        "csa_cm2": n[slices] * area_cm2,
+                        "ff_mean": np.where(n_valid[slices] > 0, ff_sum[slices] / np.maximum(n_valid[slices], 1), np.nan),
+                        "lean_csa_cm2": lean[slices] * scale[slices] * area_cm2,
+                    }
+                )
+            )
+    if not frames:
+        return pd.DataFrame(columns=list(SLICE_COLUMNS))
+    return pd.concat(frames, ignore_index=True)[list(SLICE_COLUMNS)]
+
+
+def gmm_fat_probability(
+    intensity: np.ndarray, sample: np.ndarray, *, fat_is_bright: bool = True, max_iter: int = 200
+) -> np.ndarray:
+    """Approximate 'fat fraction' for one contrast: posterior of the fat class of a 2-class GMM.
+
+    A 1-D two-component Gaussian mixture is fitted by EM to ``sample`` (intensities of the muscle
+    voxels); the component with the higher mean is fat when ``fat_is_bright`` (T1-weighted).
+    Returns P(fat | intensity) for every element of ``intensity`` (NaN where not finite). This is
+    a classification, not a fat-fraction measurement: results are approximate.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 10 or np.ptp(x) == 0:
+        raise DataError("too few distinct intensities inside the muscles for the 2-class mixture")
+    mu = np.percentile(x, [25.0, 97.5])
+    var = np.full(2, x.var() / 4 + 1e-12)
+    weight = np.array([0.9, 0.1])
+    for _ in range(max_iter):
+        dens = weight / np.sqrt(2 * np.pi * var) * np.exp(-((x[:, None] - mu) ** 2) / (2 * var))
+        resp = dens / np.maximum(dens.sum(axis=1, keepdims=True), 1e-300)
+        nk = resp.sum(axis=0) + 1e-12
+        new_mu = (resp * x[:, None]).sum(axis=0) / nk
+        var = np.maximum((resp * (x[:, None] - new_mu) ** 2).sum(axis=0) / nk, 1e-12 * x.var() + 1e-12)
+        weight = nk / nk.sum()
+        converged = np.allclose(new_mu, mu, rtol=1e-7, atol=1e-9 * np.abs(mu).max())
+        mu = new_mu
+        if converged:
+            break
+    fat = int(np.argmax(mu)) if fat_is_bright else int(np.argmin(mu))
+    y = np.asarray(intensity, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        log_dens = np.log(weight) - 0.5 * np.log(2 * np.pi * var) - (y[..., None] - mu) ** 2 / (2 * var)
+        post = np.exp(log_dens[..., fat] - np.logaddexp(log_dens[..., 0], log_dens[..., 1]))
+    return post.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class QuantifyResult:
+    """Metrics of one participant: ``metrics`` (one row per group/muscle), ``slices``, ``provenance``."""
+
+    metrics: pd.DataFrame
+    slices: pd.DataFrame | None
+    provenance: dict[str, Any]
+
+
+def _muscle_box(labels: np.ndarray, ids: list[int], margin: tuple[int, int, int]) -> tuple[slice, ...]:
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    lut[[i for i in ids if i < lut.size]] = True
+    mask = lut[np.clip(labels, 0, None)]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        if hit.size == 0:
+            return tuple(slice(0, n) for n in labels.shape)
+        box.append(slice(max(0, hit[0] - margin[axis]), min(labels.shape[axis], hit[-1] + 1 + margin[axis])))
+    return tuple(box)
+
+
+def quantify(
+    dixon: DixonVolume,
+    labelmap: LabelMap,
+    *,
+    bmi: float | None = None,
+    fat_threshold: float = 0.5,
+    band_mm: float = 0.0,
+    groups: tuple[str, ...] | list[str] = DEFAULT_GROUPS,
+    participant_id: str | None = None,
+    with_slices: bool = True,
+    noise_floor: float | None = None,
+    fat_is_bright: bool = True,
+) -> QuantifyResult:
+    """Composition metrics (and the per-slice profile) of one participant.
+
+    With a fat image the fat fraction comes from :func:`fat_fraction` (magnitude discrimination
+    when an in-phase image is present). Without one (single contrast, e.g. T1w) each voxel's
+    'fat fraction' is the posterior of the fat class of a 2-class Gaussian mixture fitted to the
+    intensities inside the muscles (:func:`gmm_fat_probability`): approximate, and marked so in
+    the ``method`` column. Work is confined to the bounding box of the muscles (plus the band).
+    """
+    groups = tuple(groups)
+    _check_params(fat_threshold, band_mm, bmi)
+    if labelmap.data.shape != dixon.shape or not same_grid(labelmap.affine, dixon.affine):
+        raise GeometryError("label map and images are not on the same grid")
+    names = labelmap.profile.ids
+    muscle_ids = [i for i, n in names.items() if is_muscle(n)]
+    spacing = dixon.spacing_mm
+    margin = tuple(int(np.ceil(band_mm / s)) + 1 if band_mm > 0 else 0 for s in spacing)
+    box = _muscle_box(labelmap.data, muscle_ids, margin)  # type: ignore[arg-type]
+    labels = labelmap.data[box]
+    origin = np.array([s.start for s in box] + [1.0])
+    affine = dixon.affine.copy()
+    affine[:, 3] = dixon.affine @ origin
+
+    if dixon.fat is not None:
+        floor = default_noise_floor(dixon.water + dixon.fat) if noise_floor is None else noise_floor
+        ip = dixon.in_phase[box] if dixon.in_phase is not None else None
+        ff = fat_fraction(dixon.water[box], dixon.fat[box], in_phase=ip, noise_floor=floor)
+        method = "dixon_magnitude_discrimination" if ip is not None else "dixon"
+    else:
+        image = dixon.water[box]
+        inside = np.isin(labels, [i for i in muscle_ids if names[i] in _entity_muscles(names, groups)])
+        ff = gmm_fat_probability(image, image[inside], fat_is_bright=fat_is_bright)
+        floor = float("nan")
+        method = "single_contrast_gmm (approximate)"
+
+    metrics = composition_metrics(
+        ff, labels, names, spacing, bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=groups
+    )
+    metrics.insert(0, "participant_id", participant_id)
+    metrics["method"] = method
+    slices = None
+    if with_slices:
+        slices = slice_profile(ff, labels, names, affine, fat_threshold=fat_threshold, groups=groups)
+        slices.insert(0, "participant_id", participant_id)
+    provenance = {
+        "participant_id": participant_id,
+        "parameters": {
+            "fat_threshold": fat_threshold,
+            "band_mm": band_mm,
+            "groups": list(groups),
+            "bmi": bmi,
+            "label_profile": labelmap.profile.name,
+            "fat_fraction_method": method,
+            "noise_floor": floor,
+        },
+        "geometry": {
+            "shape": list(dixon.shape),
+            "spacing_mm": list(spacing),
+            "voxel_volume_ml": dixon.voxel_volume_ml,
+            "orientation": "RAS+ (closest canonical)",
+        },
+        "definitions": DEFINITIONS,
+        "versions": _versions(),
+    }
+    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance)
+
+
+def _entity_muscles(names: dict[int, str], groups: tuple[str, ...]) -> set[str]:
+    muscles = [n for n in names.values() if is_muscle(n)]
+    return {m for g in groups for m in group_members(g, muscles)}
+
+
+def _versions() -> dict[str, str]:
+    import nibabel
+    import scipy
+
+    from myocomp import __version__
+
+    return {"myocomp": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "pandas": pd.__version__, "nibabel": nibabel.__version__}

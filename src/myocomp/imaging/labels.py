@@ -1,0 +1,388 @@
+"""Label vocabulary: canonical muscle names, groups, and the label profiles of real segmenters.
+
+A *label profile* maps one tool's label ids to names. Muscles get canonical names (lower case,
+side last: ``autochthon_left``); other structures keep the tool's own name. Ids were taken from
+each tool's published table:
+
+- ``mrsegmentator``: MRSegmentator's 40 classes (hhaentze/MRSegmentator, class_codes), 31-40 muscles.
+- ``totalsegmentator_mr`` (alias ``total_mr``): TotalSegmentator 2.0-2.4 task ``total_mr``
+  (50 classes), 40-49 muscles. The later 56-class ``total_mr`` of newer TotalSegmentator releases
+  is ``totalsegmentator_mr_56`` (muscles 38-55): choose the profile of the version that wrote the
+  labels; the two disagree on ids 30-50.
+- ``totalvibeseg``: TotalVibeSegmentator (robert-graf/TotalVibeSegmentator README, 72 classes),
+  53-62 muscles, 66 unspecified muscle.
+- ``musclemap``: MuscleMap whole-body labels (MuscleMap/MuscleMap docs/anatomy.md), 4-digit ids
+  whose last digit is the side (1 left, 2 right).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from myocomp.errors import GeometryError, LabelError
+
+SIDES = ("left", "right")
+
+#: Base names (without side) of structures that count as skeletal muscle.
+MUSCLE_BASES = frozenset(
+    {
+        "autochthon", "erector_spinae", "multifidus", "iliopsoas", "psoas_major", "iliacus",
+        "quadratus_lumborum", "latissimus_dorsi", "gluteus_maximus", "gluteus_medius",
+        "gluteus_minimus", "tensor_fascia_latae", "quadriceps", "quadriceps_femoris",
+        "thigh_medial_compartment", "thigh_posterior_compartment", "sartorius",
+        "vastus_lateralis", "vastus_intermedius", "vastus_medialis", "rectus_femoris", "gracilis",
+        "semimembranosus", "semitendinosus", "biceps_femoris_long_head",
+        "biceps_femoris_short_head", "adductor_magnus", "adductor_longus", "adductor_brevis",
+        "soleus", "gastrocnemius", "leg_anterior_compartment", "leg_deep_posterior_compartment",
+        "leg_lateral_compartment", "levator_scapulae", "semispinalis_cervicis_multifidus",
+        "semispinalis_capitis", "splenius_capitis", "sternocleidomastoid", "longus_colli",
+        "trapezius", "supraspinatus", "subscapularis", "infraspinatus", "deltoid", "rhomboid",
+        "muscle",
+    }
+)
+
+#: Tissue labels some models provide.
+TISSUE_LABELS = ("subcutaneous_fat", "visceral_fat", "muscle")
+
+#: Muscle groups by member base names; ``all`` means every muscle label present.
+GROUP_BASES: dict[str, frozenset[str] | None] = {
+    "back": frozenset({"autochthon", "erector_spinae", "multifidus"}),
+    "psoas": frozenset({"iliopsoas", "psoas_major", "iliacus"}),
+    "gluteal": frozenset({"gluteus_maximus", "gluteus_medius", "gluteus_minimus"}),
+    "all": None,
+}
+
+CANONICAL_MUSCLES = tuple(
+    f"{base}_{side}"
+    for base in ("autochthon", "iliopsoas", "gluteus_maximus", "gluteus_medius", "gluteus_minimus")
+    for side in SIDES
+)
+GROUPS: dict[str, tuple[str, ...] | None] = {
+    "back": ("autochthon_left", "autochthon_right"),
+    "psoas": ("iliopsoas_left", "iliopsoas_right"),
+    "gluteal": tuple(m for m in CANONICAL_MUSCLES if m.startswith("gluteus")),
+    "all": None,
+}
+
+
+def base_name(name: str) -> str:
+    """Name without its side suffix: ``autochthon_left`` -> ``autochthon``."""
+    for side in SIDES:
+        if name.endswith(f"_{side}"):
+            return name[: -len(side) - 1]
+    return name
+
+
+def is_muscle(name: str) -> bool:
+    """True if ``name`` (canonical) is a skeletal muscle label."""
+    return base_name(name) in MUSCLE_BASES
+
+
+def group_members(group: str, names: list[str] | tuple[str, ...]) -> list[str]:
+    """The names among ``names`` that belong to ``group`` (sorted); raises LabelError if unknown."""
+    if group not in GROUP_BASES:
+        raise LabelError(f"unknown group {group!r}; known groups: {', '.join(GROUP_BASES)}")
+    bases = GROUP_BASES[group]
+    return sorted(n for n in names if is_muscle(n) and (bases is None or base_name(n) in bases))
+
+
+_SIDE_TOKENS = {"left": "left", "l": "left", "lt": "left", "right": "right", "r": "right", "rt": "right"}
+_BASE_SYNONYMS = {
+    "autochthonous": "autochthon", "autochthonous_muscle": "autochthon",
+    "autochthon_muscle": "autochthon", "iliopsoas_muscle": "iliopsoas", "psoas": "psoas_major",
+    "lattisimus_dorsi": "latissimus_dorsi", "thoracolumbar_multifidus": "multifidus",
+    "semispinalis_cervicis_and_multifidus": "semispinalis_cervicis_multifidus",
+    "skeletal_muscle": "muscle",
+}
+
+
+def canonical_name(name: str) -> str:
+    """Normalise a tool's structure name to the canonical form (lower case, side last).
+
+    >>> canonical_name("Left autochthonous muscle")
+    'autochthon_left'
+    >>> canonical_name("iliopsoas_right")
+    'iliopsoas_right'
+    """
+    tokens = [t for t in re.split(r"[^a-z0-9]+", name.strip().lower()) if t]
+    sides = [_SIDE_TOKENS[t] for t in tokens if t in _SIDE_TOKENS]
+    rest = [t for t in tokens if t not in _SIDE_TOKENS]
+    base = "_".join(rest)
+    base = _BASE_SYNONYMS.get(base, base)
+    return f"{base}_{sides[-1]}" if len(sides) == 1 and base else base or name
+
+
+@dataclass(frozen=True)
+class LabelProfile:
+    """Maps a segmenter's label ids to names (canonical for muscles). Id 0 is background."""
+
+    name: str
+    ids: dict[int, str] = field(hash=False)
+
+    def muscle_ids(self) -> dict[int, str]:
+        """The ids that denote skeletal muscles, with their canonical names."""
+        return {i: n for i, n in self.ids.items() if is_muscle(n)}
+
+    def id_of(self, name: str) -> int:
+        for i, n in self.ids.items():
+            if n == name:
+                return i
+        raise LabelError(f"profile {self.name!r} has no label named {name!r}")
+
+
+def _sided(base_ids: dict[str, tuple[int, int]]) -> dict[int, str]:
+    return {i: f"{b}_{s}" for b, pair in base_ids.items() for i, s in zip(pair, SIDES, strict=True)}
+
+
+_MRSEG = {
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
+    7: "pancreas", 8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "lung_left",
+    11: "lung_right", 12: "heart", 13: "aorta", 14: "inferior_vena_cava",
+    15: "portal_vein_and_splenic_vein", 16: "iliac_artery_left", 17: "iliac_artery_right",
+    18: "iliac_vena_left", 19: "iliac_vena_right", 20: "esophagus", 21: "small_bowel",
+    22: "duodenum", 23: "colon", 24: "urinary_bladder", 25: "spine", 26: "sacrum",
+    27: "hip_left", 28: "hip_right", 29: "femur_left", 30: "femur_right",
+    **_sided({
+        "autochthon": (31, 32), "iliopsoas": (33, 34), "gluteus_maximus": (35, 36),
+        "gluteus_medius": (37, 38), "gluteus_minimus": (39, 40),
+    }),
+}
+
+_TOTAL_MR_COMMON = {
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
+    7: "pancreas", 8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "lung_left",
+    11: "lung_right", 12: "esophagus", 13: "small_bowel", 14: "duodenum", 15: "colon",
+    16: "urinary_bladder", 17: "prostate", 18: "sacrum", 19: "vertebrae",
+    20: "intervertebral_discs", 21: "spinal_cord", 22: "heart", 23: "aorta",
+    24: "inferior_vena_cava", 25: "portal_vein_and_splenic_vein", 26: "iliac_artery_left",
+    27: "iliac_artery_right", 28: "iliac_vena_left", 29: "iliac_vena_right",
+    30: "humerus_left", 31: "humerus_right",
+}
+_TOTAL_MR = {
+    **_TOTAL_MR_COMMON, 32: "scapula_left", 33: "scapula_right", 34: "clavicula_left",
+    35: "clavicula_right", 36: "femur_left", 37: "femur_right", 38: "hip_left", 39: "hip_right",
+    **_sided({
+        "gluteus_maximus": (40, 41), "gluteus_medius": (42, 43), "gluteus_minimus": (44, 45),
+        "autochthon": (46, 47), "iliopsoas": (48, 49),
+    }),
+    50: "brain",
+}
+_TOTAL_MR_56 = {
+    **_TOTAL_MR_COMMON, 32: "fibula", 33: "tibia", 34: "femur_left", 35: "femur_right",
+    36: "hip_left", 37: "hip_right",
+    **_sided({
+        "gluteus_maximus": (38, 39), "gluteus_medius": (40, 41), "gluteus_minimus": (42, 43),
+        "autochthon": (44, 45), "iliopsoas": (46, 47), "quadriceps_femoris": (48, 49),
+        "thigh_medial_compartment": (50, 51), "thigh_posterior_compartment": (52, 53),
+        "sartorius": (54, 55),
+    }),
+    56: "brain",
+}
+_TOTALVIBE = {
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
+    7: "pancreas", 8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "lung_upper_lobe_left",
+    11: "lung_lower_lobe_left", 12: "lung_upper_lobe_right", 13: "lung_middle_lobe_right",
+    14: "lung_lower_lobe_right", 15: "esophagus", 16: "trachea", 17: "thyroid_gland",
+    18: "intestine", 19: "duodenum", 20: "unused", 21: "urinary_bladder", 22: "prostate",
+    23: "sacrum", 24: "heart", 25: "aorta", 26: "pulmonary_vein", 27: "brachiocephalic_trunk",
+    28: "subclavian_artery_right", 29: "subclavian_artery_left",
+    30: "common_carotid_artery_right", 31: "common_carotid_artery_left",
+    32: "brachiocephalic_vein_left", 33: "brachiocephalic_vein_right",
+    34: "atrial_appendage_left", 35: "superior_vena_cava", 36: "inferior_vena_cava",
+    37: "portal_vein_and_splenic_vein", 38: "iliac_artery_left", 39: "iliac_artery_right",
+    40: "iliac_vena_left", 41: "iliac_vena_right", 42: "humerus_left", 43: "humerus_right",
+    44: "scapula_left", 45: "scapula_right", 46: "clavicula_left", 47: "clavicula_right",
+    48: "femur_left", 49: "femur_right", 50: "hip_left", 51: "hip_right", 52: "spinal_cord",
+    **_sided({
+        "gluteus_maximus": (53, 54), "gluteus_medius": (55, 56), "gluteus_minimus": (57, 58),
+        "autochthon": (59, 60), "iliopsoas": (61, 62),
+    }),
+    63: "sternum", 64: "costal_cartilages", 65: "outer_skin", 66: "muscle", 67: "inner_fat",
+    68: "intervertebral_discs", 69: "vertebra_body", 70: "vertebra_posterior_elements",
+    71: "spinal_channel", 72: "bone_other",
+}
+_MUSCLEMAP_BASES = {
+    1101: "levator_scapulae", 1111: "semispinalis_cervicis_multifidus",
+    1121: "semispinalis_capitis", 1131: "splenius_capitis", 1141: "sternocleidomastoid",
+    1151: "longus_colli", 1161: "trapezius", 2101: "supraspinatus", 2111: "subscapularis",
+    2121: "infraspinatus", 2141: "deltoid", 4101: "rhomboid", 5101: "multifidus",
+    5111: "erector_spinae", 5121: "psoas_major", 5131: "quadratus_lumborum",
+    5141: "latissimus_dorsi", 6101: "gluteus_minimus", 6111: "gluteus_medius",
+    6121: "gluteus_maximus", 6131: "tensor_fascia_latae", 6141: "iliacus", 6151: "ilium",
+    6171: "femur", 7101: "vastus_lateralis", 7111: "vastus_intermedius",
+    7121: "vastus_medialis", 7131: "rectus_femoris", 7141: "sartorius", 7151: "gracilis",
+    7161: "semimembranosus", 7171: "semitendinosus", 7181: "biceps_femoris_long_head",
+    7191: "biceps_femoris_short_head", 7201: "adductor_magnus", 7211: "adductor_longus",
+    7221: "adductor_brevis", 8101: "leg_anterior_compartment",
+    8111: "leg_deep_posterior_compartment", 8121: "leg_lateral_compartment", 8131: "soleus",
+    8141: "gastrocnemius", 8151: "tibia", 8161: "fibula",
+}
+_MUSCLEMAP = {
+    **{i + k: f"{b}_{s}" for i, b in _MUSCLEMAP_BASES.items() for k, s in enumerate(SIDES)},
+    6160: "sacrum",
+}
+
+BUILTIN_PROFILES: dict[str, dict[int, str]] = {
+    "mrsegmentator": _MRSEG,
+    "totalsegmentator_mr": _TOTAL_MR,
+    "totalsegmentator_mr_56": _TOTAL_MR_56,
+    "totalvibeseg": _TOTALVIBE,
+    "musclemap": _MUSCLEMAP,
+}
+PROFILE_ALIASES = {"total_mr": "totalsegmentator_mr", "totalvibesegmentator": "totalvibeseg"}
+
+
+def get_profile(name_or_path: str | Path) -> LabelProfile:
+    """A built-in profile by name, or one read from an nnU-Net ``dataset.json`` / a user JSON file.
+
+    A user JSON file maps ids to names, ``{"1": "autochthon_left", ...}`` (optionally under a
+    ``"labels"`` key); a ``dataset.json`` maps names to ids (nnU-Net v2 convention).
+    """
+    key = str(name_or_path)
+    key = PROFILE_ALIASES.get(key.lower(), key.lower()) if not key.endswith(".json") else key
+    if key in BUILTIN_PROFILES:
+        return LabelProfile(key, dict(BUILTIN_PROFILES[key]))
+    path = Path(str(name_or_path))
+    if path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise LabelError("label profile file not found", source=path)
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LabelError(f"label profile is not valid JSON ({exc})", source=path) from exc
+        if isinstance(content, dict) and "channel_names" in content:
+            return profile_from_dataset_json(content, name=str(path))
+        return profile_from_mapping(content.get("labels", content) if isinstance(content, dict) else content, name=str(path))
+    known = ", ".join([*BUILTIN_PROFILES, *PROFILE_ALIASES])
+    raise LabelError(f"unknown label profile {str(name_or_path)!r}; use one of {known}, or a .json mapping")
+
+
+def profile_from_mapping(mapping: Any, name: str = "user") -> LabelProfile:
+    """Profile from ``{id: name}`` (ids as ints or strings); names are canonicalised."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise LabelError("label mapping must be a non-empty JSON object {id: name}", source=name)
+    ids: dict[int, str] = {}
+    for k, v in mapping.items():
+        try:
+            i = int(k)
+        except (TypeError, ValueError):
+            raise LabelError(f"label id {k!r} is not an integer", source=name) from None
+        if i == 0:
+            continue
+        if not isinstance(v, str):
+            raise LabelError(f"label {i} name must be a string, got {v!r}", source=name)
+        ids[i] = canonical_name(v)
+    return LabelProfile(name, ids)
+
+
+def profile_from_dataset_json(dataset: str | Path | dict, name: str | None = None) -> LabelProfile:
+    """Profile from an nnU-Net v2 ``dataset.json`` (``labels``: name -> id; region labels refused)."""
+    if not isinstance(dataset, dict):
+        path = Path(dataset)
+        name = name or str(path)
+        try:
+            dataset = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LabelError(f"cannot read dataset.json ({exc})", source=path) from exc
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict):
+        raise LabelError("dataset.json has no 'labels' object", source=name)
+    ids: dict[int, str] = {}
+    for label_name, value in labels.items():
+        if isinstance(value, list | tuple):
+            raise LabelError(f"region-based label {label_name!r} is not supported", source=name)
+        if int(value) != 0:
+            ids[int(value)] = canonical_name(label_name)
+    return LabelProfile(name or "dataset.json", ids)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelMap:
+    """An integer label volume on a Dixon grid (canonical RAS+ orientation) with its profile."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    profile: LabelProfile
+
+    def present_ids(self) -> np.ndarray:
+        return np.unique(self.data[self.data != 0])
+
+
+def _validate_ids(data: np.ndarray, profile: LabelProfile, source: str | None) -> None:
+    present = np.unique(data)
+    present = present[present != 0]
+    unknown = [int(i) for i in present if int(i) not in profile.ids]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:12])) + (" ..." if len(unknown) > 12 else "")
+        raise LabelError(
+            f"label ids {shown} are not in profile {profile.name!r}: wrong --profile?", source=source
+        )
+    muscles = set(profile.muscle_ids())
+    if not any(int(i) in muscles for i in present):
+        raise LabelError(f"no muscle label of profile {profile.name!r} present (empty muscle labels)", source=source)
+
+
+def labelmap_from_array(
+    data: np.ndarray,
+    affine: np.ndarray,
+    profile: LabelProfile | str,
+    reference: Any | None = None,
+    source: str | None = None,
+) -> LabelMap:
+    """Validate an in-memory label volume and return a canonical :class:`LabelMap`.
+
+    Checks: 3-D integer values, ids known to the profile, at least one muscle label, and (with a
+    ``reference`` DixonVolume) the same grid as the reference after canonical reorientation.
+    """
+    from myocomp.imaging.dixon import canonical, check_affine, same_grid
+
+    if isinstance(profile, str):
+        profile = get_profile(profile)
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise GeometryError(f"label map has {data.ndim} dimensions; 3 are needed", source=source)
+    check_affine(affine, source=source, role="label map")
+    if not np.issubdtype(data.dtype, np.integer) and (
+        not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data))
+    ):
+        raise LabelError("label map holds non-integer values", source=source)
+    data = data.astype(np.int32, copy=False)
+    data, new_affine = canonical(data, np.asarray(affine, dtype=float))
+    if reference is not None:
+        if data.shape != reference.shape:
+            raise GeometryError(
+                f"label map shape {data.shape} differs from image shape {reference.shape}: "
+                "labels are on another grid",
+                source=source,
+            )
+        if not same_grid(new_affine, reference.affine):
+            raise GeometryError(
+                "label map affine differs from the image's by up to "
+                f"{np.abs(new_affine - reference.affine).max():.3g} mm: labels are on another grid",
+                source=source,
+            )
+    _validate_ids(data, profile, source)
+    return LabelMap(data=data, affine=new_affine, profile=profile)
+
+
+def load_labels(path: str | Path, profile: LabelProfile | str, reference: Any | None = None) -> LabelMap:
+    """Load a label map NIfTI (see :func:`labelmap_from_array` for the checks)."""
+    from myocomp.imaging.dixon import load_nifti
+
+    img = load_nifti(path, role="label map")
+    return labelmap_from_array(np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path))
+
+
+def save_labels(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write an integer label volume as NIfTI (uint8/int16 as the ids need), atomically."""
+    from myocomp.io import save_nifti
+
+    data = np.asarray(data)
+    dtype = np.uint8 if data.min(initial=0) >= 0 and data.max(initial=0) < 256 else np.int16
+    return save_nifti(data.astype(dtype), affine, path)
