@@ -91,7 +91,7 @@ def _bad_inputs(tmp_path):
     save_nifti(np.where(labels == SPINE, SPINE, 0).astype(np.int16), affine, empty)
     bad["empty muscle labels"] = (dict(labels=empty), "empty muscle labels")
     bad["unknown profile"] = (dict(profile="nosuchtool"), "unknown label profile")
-    bad["labels absent from profile"] = (dict(profile="total_mr"), "not in profile")
+    bad["labels absent from profile"] = (dict(profile="musclemap"), "not in profile")
     bad["missing file"] = (dict(water=tmp_path / "missing.nii.gz"), "not found")
     assert AUTO_L in labels
     return paths, bad
