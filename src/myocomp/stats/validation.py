@@ -1,0 +1,668 @@
+"""Discrimination and calibration of predicted probabilities of a binary outcome.
+
+- AUC (C-index) with DeLong's variance, by the O(n log n) midrank algorithm of Sun & Xu (IEEE
+  Signal Process. Lett. 21:1389, 2014); a paired DeLong test of two scores on the same people.
+  The confidence interval is the plain Wald interval ``AUC +/- z * se`` clipped to [0, 1], as
+  pROC's ``ci.auc(method = "delong")``.
+- Brier score, binned calibration curve with Wilson intervals, logistic recalibration
+  (calibration slope and calibration-in-the-large).
+- Harrell's optimism bootstrap (as ``rms::validate``): refit on each bootstrap sample, evaluate
+  on it and on the original data, subtract the mean optimism from the apparent indexes.
+
+Outcomes ``y`` are arrays of 0/1 (or booleans); scores and probabilities are arrays of the same
+length; larger scores mean the outcome is more likely.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from myocomp.errors import ConfigError, DataError
+
+__all__ = [
+    "AUCResult",
+    "BootstrapValidation",
+    "CalibrationFit",
+    "DeLongTest",
+    "bootstrap_validation",
+    "brier_score",
+    "calibration_curve",
+    "calibration_slope_intercept",
+    "delong_auc",
+    "delong_test",
+    "plot_calibration",
+    "plot_roc",
+    "roc_curve",
+    "validate_logistic",
+]
+
+_EPS = 1e-12  # probabilities are clipped to [eps, 1 - eps] before taking logits
+
+
+# inputs ------------------------------------------------------------------------------------
+def _outcome(y: Any, name: str = "y") -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise DataError(f"{name}: expected a 1-D array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.int8)
+    try:
+        f = arr.astype(float)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name}: outcome is not numeric 0/1") from exc
+    if np.isnan(f).any():
+        raise DataError(f"{name}: outcome has {int(np.isnan(f).sum())} missing value(s)")
+    if not np.isin(f, (0.0, 1.0)).all():
+        raise DataError(f"{name}: outcome must be coded 0/1")
+    return f.astype(np.int8)
+
+
+def _scores(score: Any, n: int, name: str) -> np.ndarray:
+    s = np.asarray(score, dtype=float)
+    if s.shape != (n,):
+        raise DataError(f"{name}: expected {n} values, got shape {s.shape}")
+    if not np.isfinite(s).all():
+        raise DataError(f"{name}: {int((~np.isfinite(s)).sum())} missing or infinite value(s)")
+    return s
+
+
+def _probabilities(p: Any, n: int, name: str = "p") -> np.ndarray:
+    s = _scores(p, n, name)
+    if (s < 0).any() or (s > 1).any():
+        raise DataError(f"{name}: probabilities must lie in [0, 1]")
+    return s
+
+
+def _check_alpha(alpha: float) -> float:
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
+    return float(alpha)
+
+
+# DeLong ------------------------------------------------------------------------------------
+def _delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs (k,) and DeLong covariance (k, k) of ``scores`` (k, n) by the midrank method."""
+    pos, neg = scores[:, y == 1], scores[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    if m < 2 or n < 2:
+        raise DataError(f"DeLong AUC needs at least 2 events and 2 non-events, got {m} and {n}")
+    tx = stats.rankdata(pos, axis=1)
+    ty = stats.rankdata(neg, axis=1)
+    tz = stats.rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    auc = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
+    v_pos = (tz[:, :m] - tx) / n  # per event: share of non-events scored lower (ties 1/2)
+    v_neg = 1.0 - (tz[:, m:] - ty) / m  # per non-event: share of events scored higher
+    cov = np.atleast_2d(np.cov(v_pos)) / m + np.atleast_2d(np.cov(v_neg)) / n
+    return auc, cov
+
+
+@dataclass(frozen=True)
+class AUCResult:
+    """Area under the ROC curve with DeLong's standard error and Wald interval.
+
+    ``lower``/``upper``: ``auc -/+ z(1 - alpha/2) * se`` clipped to [0, 1].
+    """
+
+    auc: float
+    se: float
+    lower: float
+    upper: float
+    alpha: float
+    n_events: int
+    n_nonevents: int
+
+    def to_frame(self) -> pd.DataFrame:
+        """One-row table (auc, se, lower, upper, alpha, n_events, n_nonevents)."""
+        return pd.DataFrame([self.__dict__])
+
+    def summary(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        return (
+            f"AUC {self.auc:.3f} ({level}% CI {self.lower:.3f}-{self.upper:.3f}, DeLong; "
+            f"{self.n_events} events, {self.n_nonevents} non-events)"
+        )
+
+
+def delong_auc(y: Any, score: Any, alpha: float = 0.05) -> AUCResult:
+    """AUC of ``score`` for binary ``y`` with DeLong's variance (Sun & Xu's midrank method).
+
+    Ties between an event and a non-event count 1/2. ``score`` is any real-valued marker
+    (probability, linear predictor, points); larger values must mean higher risk.
+    """
+    yy = _outcome(y)
+    s = _scores(score, len(yy), "score")
+    alpha = _check_alpha(alpha)
+    auc, cov = _delong(yy, s[None, :])
+    se = float(np.sqrt(max(cov[0, 0], 0.0)))
+    z = stats.norm.ppf(1 - alpha / 2)
+    a = float(auc[0])
+    return AUCResult(
+        auc=a,
+        se=se,
+        lower=max(0.0, a - z * se),
+        upper=min(1.0, a + z * se),
+        alpha=alpha,
+        n_events=int(yy.sum()),
+        n_nonevents=int(len(yy) - yy.sum()),
+    )
+
+
+@dataclass(frozen=True)
+class DeLongTest:
+    """Paired DeLong comparison of two AUCs on the same people (``difference = auc1 - auc2``)."""
+
+    auc1: float
+    auc2: float
+    difference: float
+    se: float
+    z: float
+    pvalue: float
+    lower: float
+    upper: float
+    correlation: float
+    alpha: float
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([self.__dict__])
+
+    def summary(self) -> str:
+        return (
+            f"AUC {self.auc1:.3f} vs {self.auc2:.3f}: difference {self.difference:.3f} "
+            f"(se {self.se:.3f}), z = {self.z:.2f}, p = {self.pvalue:.3g} (DeLong)"
+        )
+
+
+def delong_test(y: Any, score1: Any, score2: Any, alpha: float = 0.05) -> DeLongTest:
+    """Two-sided DeLong test that two correlated AUCs (same people, same ``y``) are equal."""
+    yy = _outcome(y)
+    s = np.vstack([_scores(score1, len(yy), "score1"), _scores(score2, len(yy), "score2")])
+    alpha = _check_alpha(alpha)
+    auc, cov = _delong(yy, s)
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    diff = float(auc[0] - auc[1])
+    se = float(np.sqrt(max(var, 0.0)))
+    if se == 0.0:
+        z, p = (0.0, 1.0) if diff == 0 else (np.copysign(np.inf, diff), 0.0)
+    else:
+        z = diff / se
+        p = float(2 * stats.norm.sf(abs(z)))
+    q = stats.norm.ppf(1 - alpha / 2)
+    denom = np.sqrt(cov[0, 0] * cov[1, 1])
+    corr = float(cov[0, 1] / denom) if denom > 0 else float("nan")
+    return DeLongTest(
+        auc1=float(auc[0]),
+        auc2=float(auc[1]),
+        difference=diff,
+        se=se,
+        z=float(z),
+        pvalue=float(p),
+        lower=diff - q * se,
+        upper=diff + q * se,
+        correlation=corr,
+        alpha=alpha,
+    )
+
+
+def roc_curve(y: Any, score: Any) -> pd.DataFrame:
+    """ROC curve: one row per distinct threshold (plus the origin), columns ``threshold``
+    (predict an event when score >= threshold; ``inf`` for the origin), ``fpr``, ``tpr``."""
+    yy = _outcome(y)
+    s = _scores(score, len(yy), "score")
+    n_pos, n_neg = int(yy.sum()), int(len(yy) - yy.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise DataError("ROC curve needs both events and non-events")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], yy[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s) - 1]
+    tps = np.cumsum(y_sorted)[last]
+    fps = last + 1 - tps
+    return pd.DataFrame(
+        {
+            "threshold": np.r_[np.inf, s_sorted[last]],
+            "fpr": np.r_[0.0, fps / n_neg],
+            "tpr": np.r_[0.0, tps / n_pos],
+        }
+    )
+
+
+# calibration -------------------------------------------------------------------------------
+def brier_score(y: Any, p: Any) -> float:
+    """Mean squared difference between predicted probability and the 0/1 outcome."""
+    yy = _outcome(y)
+    pp = _probabilities(p, len(yy))
+    return float(np.mean((pp - yy) ** 2))
+
+
+def calibration_curve(
+    y: Any,
+    p: Any,
+    n_bins: int = 10,
+    strategy: str = "quantile",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Observed event rate against mean predicted probability in bins of ``p``.
+
+    ``strategy="quantile"``: bin edges at the quantiles of ``p`` (equal counts; duplicate edges
+    merged); ``"uniform"``: ``n_bins`` equal-width bins on [0, 1]. A value on an inner edge goes
+    to the upper bin; empty bins are left out. Columns: ``bin`` (1-based), ``mean_predicted``,
+    ``observed``, ``n``, ``events``, ``lower``/``upper`` (Wilson interval of ``observed``).
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    yy = _outcome(y)
+    pp = _probabilities(p, len(yy))
+    alpha = _check_alpha(alpha)
+    if int(n_bins) < 1:
+        raise ConfigError(f"n_bins must be >= 1, got {n_bins}")
+    if strategy == "quantile":
+        edges = np.unique(np.quantile(pp, np.linspace(0.0, 1.0, int(n_bins) + 1)))
+    elif strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    else:
+        raise ConfigError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}")
+    idx = np.searchsorted(edges[1:-1], pp, side="right")
+    rows = []
+    for b in range(max(len(edges) - 1, 1)):
+        mask = idx == b
+        n = int(mask.sum())
+        if n == 0:
+            continue
+        k = int(yy[mask].sum())
+        lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson")
+        rows.append(
+            {
+                "bin": b + 1,
+                "mean_predicted": float(pp[mask].mean()),
+                "observed": k / n,
+                "n": n,
+                "events": k,
+                "lower": float(lo),
+                "upper": float(hi),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["bin", "mean_predicted", "observed", "n", "events", "lower", "upper"]
+    )
+
+
+@dataclass(frozen=True)
+class CalibrationFit:
+    """Logistic recalibration of predictions: ``logit P(y=1) = a + b * logit(p)``.
+
+    ``slope`` is ``b`` (1 = ideal, < 1 = predictions too extreme); ``intercept`` is the
+    calibration-in-the-large, ``a`` with ``b`` fixed at 1 (offset), 0 = ideal.
+    """
+
+    intercept: float
+    intercept_se: float
+    slope: float
+    slope_se: float
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"estimate": [self.intercept, self.slope], "se": [self.intercept_se, self.slope_se]},
+            index=pd.Index(["calibration_intercept", "calibration_slope"], name="metric"),
+        )
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(q / (1 - q))
+
+
+def _intercept_with_offset(y: np.ndarray, offset: np.ndarray) -> tuple[float, float]:
+    """Maximum likelihood ``a`` of ``logit P(y=1) = a + offset`` and its standard error.
+
+    The score ``sum(y - expit(a + offset))`` decreases in ``a``; its root is found by bracketing
+    (robust to offsets of +/-27 from near-0/1 predictions, where IRLS can diverge)."""
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    def score(a: float) -> float:
+        return float(np.sum(y - expit(a + offset)))
+
+    lo, hi = -1.0, 1.0
+    while score(lo) < 0 and lo > -1e4:
+        lo *= 2
+    while score(hi) > 0 and hi < 1e4:
+        hi *= 2
+    a = float(brentq(score, lo, hi, xtol=1e-12, rtol=1e-12))
+    q = expit(a + offset)
+    return a, float(1.0 / np.sqrt(np.sum(q * (1 - q))))
+
+
+def calibration_slope_intercept(y: Any, p: Any) -> CalibrationFit:
+    """Calibration slope and calibration-in-the-large of probabilities ``p`` by maximum
+    likelihood (slope: statsmodels ``Logit`` of ``y`` on ``[1, logit(p)]``; intercept: ``logit(p)``
+    as offset). ``p`` is clipped to [1e-12, 1 - 1e-12] before the logit."""
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError
+
+    yy = _outcome(y)
+    lp = _logit(_probabilities(p, len(yy)))
+    if yy.min() == yy.max():
+        raise DataError("calibration needs both events and non-events")
+    try:
+        design = np.column_stack([np.ones(len(yy)), lp])
+        slope_fit = sm.Logit(yy, design, check_rank=False).fit(disp=0, method="newton", maxiter=100)
+    except (np.linalg.LinAlgError, PerfectSeparationError) as exc:
+        raise DataError(f"calibration slope cannot be fitted: {exc}") from exc
+    intercept, intercept_se = _intercept_with_offset(yy.astype(float), lp)
+    return CalibrationFit(
+        intercept=intercept,
+        intercept_se=intercept_se,
+        slope=float(slope_fit.params[1]),
+        slope_se=float(slope_fit.bse[1]),
+    )
+
+
+# bootstrap ---------------------------------------------------------------------------------
+_METRICS = ("c_index", "calibration_slope", "calibration_intercept", "brier")
+
+
+def _indexes(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    auc = _auc(y, p)
+    cal = calibration_slope_intercept(y, p)
+    return {
+        "c_index": auc,
+        "calibration_slope": cal.slope,
+        "calibration_intercept": cal.intercept,
+        "brier": float(np.mean((p - y) ** 2)),
+    }
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Mann-Whitney AUC (ties 1/2) from midranks."""
+    m = int(y.sum())
+    n = len(y) - m
+    ranks = stats.rankdata(p)
+    return float((ranks[y == 1].sum() - m * (m + 1) / 2) / (m * n))
+
+
+@dataclass(frozen=True)
+class BootstrapValidation:
+    """Harrell's optimism bootstrap (as ``rms::validate``).
+
+    ``table``: index = metric (``c_index``, ``calibration_slope``, ``calibration_intercept``,
+    ``brier``); columns ``apparent`` (model fitted and evaluated on all data), ``training`` and
+    ``test`` (means over replicates of the refit evaluated on its bootstrap sample and on the
+    original data), ``optimism = training - test``, ``corrected = apparent - optimism``, ``n``
+    (replicates used). ``replicates``: one row per successful replicate.
+    """
+
+    table: pd.DataFrame
+    replicates: pd.DataFrame
+    B: int
+    seed: int
+    n_failed: int
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table.copy()
+
+    def summary(self) -> str:
+        lines = [
+            f"Optimism bootstrap: {self.B} replicates requested, {self.B - self.n_failed} "
+            f"used (seed {self.seed})",
+            self.table.to_string(float_format="%.4f"),
+        ]
+        return "\n".join(lines)
+
+
+FitEval = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _run_bootstrap(
+    y: np.ndarray,
+    p_apparent: np.ndarray,
+    fit_eval: FitEval,
+    B: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+) -> BootstrapValidation:
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError
+
+    if int(B) < 1:
+        raise ConfigError(f"B must be >= 1, got {B}")
+    n = len(y)
+    apparent = _indexes(y, p_apparent)
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, float]] = []
+    failed = 0
+    for b in range(int(B)):
+        idx = rng.integers(0, n, n)
+        yb = y[idx]
+        ok = yb.min() != yb.max()
+        if ok:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # separation/convergence in resamples
+                    p_boot, p_orig = fit_eval(idx)
+                    train = _indexes(yb, _probabilities(p_boot, n, "predictions (bootstrap)"))
+                    test = _indexes(y, _probabilities(p_orig, n, "predictions (original)"))
+            except (np.linalg.LinAlgError, PerfectSeparationError):
+                ok = False
+        if ok:
+            row: dict[str, float] = {"replicate": b}
+            for k in _METRICS:
+                row[f"{k}_training"] = train[k]
+                row[f"{k}_test"] = test[k]
+            rows.append(row)
+        else:
+            failed += 1
+        if progress is not None:
+            progress(b + 1, int(B))
+    if not rows:
+        raise DataError(f"all {B} bootstrap replicates failed to fit")
+    reps = pd.DataFrame(rows)
+    reps["replicate"] = reps["replicate"].astype(int)
+    table = pd.DataFrame(index=pd.Index(_METRICS, name="metric"))
+    table["apparent"] = [apparent[k] for k in _METRICS]
+    table["training"] = [reps[f"{k}_training"].mean() for k in _METRICS]
+    table["test"] = [reps[f"{k}_test"].mean() for k in _METRICS]
+    table["optimism"] = table["training"] - table["test"]
+    table["corrected"] = table["apparent"] - table["optimism"]
+    table["n"] = len(reps)
+    return BootstrapValidation(
+        table=table, replicates=reps, B=int(B), seed=int(seed), n_failed=failed
+    )
+
+
+def bootstrap_validation(
+    data: pd.DataFrame,
+    fit_fn: Callable[[pd.DataFrame], Any],
+    predict_fn: Callable[[Any, pd.DataFrame], Any],
+    outcome: str,
+    B: int = 200,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> BootstrapValidation:
+    """Optimism-corrected C-index, calibration slope/intercept and Brier score.
+
+    ``fit_fn(frame) -> model`` fits the whole modelling procedure on a frame;
+    ``predict_fn(model, frame) -> probabilities`` (one per row). ``data`` must be complete
+    cases (the outcome column coded 0/1). Replicate ``b`` draws ``len(data)`` rows with
+    replacement from ``numpy.random.default_rng(seed)``; replicates whose sample has one
+    outcome class or whose fit fails (singular matrix, perfect separation) are skipped and
+    counted in ``n_failed``. ``progress(done, B)`` is called after each replicate.
+    """
+    if outcome not in data.columns:
+        raise DataError("outcome column missing", source=outcome)
+    y = _outcome(data[outcome].to_numpy(), outcome)
+    frame = data.reset_index(drop=True)
+    model = fit_fn(frame)
+    p_app = _probabilities(predict_fn(model, frame), len(y), "predictions")
+
+    def fit_eval(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boot = frame.iloc[idx].reset_index(drop=True)
+        m = fit_fn(boot)
+        return np.asarray(predict_fn(m, boot), float), np.asarray(predict_fn(m, frame), float)
+
+    return _run_bootstrap(y, p_app, fit_eval, B, seed, progress)
+
+
+def validate_logistic(
+    formula: str,
+    data: pd.DataFrame,
+    B: int = 200,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> BootstrapValidation:
+    """:func:`bootstrap_validation` of a fixed-effects logistic model (statsmodels ``Logit``)
+    given by a patsy ``formula``, on the complete cases of its variables. The design matrix is
+    built once and resampled, so this is much faster than refitting the formula each time;
+    resampling uses the same rows and random numbers as :func:`bootstrap_validation`."""
+    import patsy
+    import statsmodels.api as sm
+
+    try:
+        yd, xd = patsy.dmatrices(formula, data, NA_action="drop", return_type="dataframe")
+    except patsy.PatsyError as exc:
+        raise DataError(f"formula {formula!r}: {str(exc).splitlines()[0]}") from exc
+    if yd.shape[1] != 1:
+        raise DataError(f"formula {formula!r}: the outcome must be one column coded 0/1")
+    y = _outcome(yd.iloc[:, 0].to_numpy(), "outcome")
+    x = xd.to_numpy(dtype=float)
+
+    def fit_predict(rows: np.ndarray) -> np.ndarray:
+        xb = x[rows]
+        if np.linalg.matrix_rank(xb.T @ xb) < x.shape[1]:  # e.g. a rare level not drawn
+            raise np.linalg.LinAlgError("design matrix of the resample is rank deficient")
+        res = sm.Logit(y[rows], xb, check_rank=False).fit(disp=0, maxiter=200)
+        return res.params
+
+    def prob(beta: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(xx @ beta)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        beta0 = fit_predict(np.arange(len(y)))
+
+    def fit_eval(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        beta = fit_predict(idx)
+        return prob(beta, x[idx]), prob(beta, x)
+
+    return _run_bootstrap(y, prob(beta0, x), fit_eval, B, seed, progress)
+
+
+# figures -----------------------------------------------------------------------------------
+def _save_atomic(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_calibration(
+    curve: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    fit: CalibrationFit | None = None,
+    dpi: int = 150,
+) -> None:
+    """Calibration plot of a :func:`calibration_curve` table (observed with Wilson intervals
+    against mean predicted, and the identity line); written atomically (format from suffix)."""
+    missing = {"mean_predicted", "observed", "lower", "upper"} - set(curve.columns)
+    if missing:
+        raise DataError(f"calibration curve table lacks columns {sorted(missing)}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    try:
+        top = float(np.nanmax(curve[["mean_predicted", "upper"]].to_numpy()))
+        lim = min(1.0, max(0.05, top * 1.08))
+        ax.plot([0, lim], [0, lim], ls="--", color="grey", lw=1, label="ideal")
+        ax.errorbar(
+            curve["mean_predicted"],
+            curve["observed"],
+            yerr=[curve["observed"] - curve["lower"], curve["upper"] - curve["observed"]],
+            fmt="o-",
+            color="tab:blue",
+            ms=4,
+            capsize=2,
+            lw=1.2,
+            label="observed (95% Wilson CI)",
+        )
+        if fit is not None:
+            ax.text(
+                0.04,
+                0.96,
+                f"slope {fit.slope:.2f}\nintercept {fit.intercept:.2f}",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=9,
+            )
+        ax.set_xlim(0, lim)
+        ax.set_ylim(0, lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Predicted probability")
+        ax.set_ylabel("Observed proportion")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        _save_atomic(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_roc(
+    y: Any,
+    p: Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    dpi: int = 150,
+) -> AUCResult:
+    """ROC curve of ``p`` with the AUC and its DeLong CI in the legend; returns the AUC."""
+    curve = roc_curve(y, p)
+    res = delong_auc(y, p)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    try:
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            color="tab:blue",
+            lw=1.5,
+            label=f"AUC {res.auc:.3f} (95% CI {res.lower:.3f}-{res.upper:.3f})",
+        )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.005)
+        ax.set_aspect("equal")
+        ax.set_xlabel("1 - specificity (false-positive rate)")
+        ax.set_ylabel("Sensitivity (true-positive rate)")
+        ax.legend(loc="lower right", fontsize=9, frameon=False)
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        _save_atomic(fig, path, dpi)
+    finally:
+        plt.close(fig)
+    return res
