@@ -13,7 +13,7 @@ import typer
 from myocomp.cli.app import app
 from myocomp.errors import MyocompError
 
-for _module in ("imaging", "phantom", "study", "batch", "segment"):
+for _module in ("imaging", "phantom", "study", "batch", "segment", "demo"):
     try:
         __import__(f"myocomp.cli.{_module}")
     except ModuleNotFoundError as exc:  # a command module not written yet
