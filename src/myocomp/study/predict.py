@@ -1,0 +1,172 @@
+"""Score one person with a saved study model (``model.json`` written by :func:`run_study`):
+Z-scores from the saved reference, nomogram points per predictor, total points, CBP
+probability."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from myocomp.errors import ConfigError, DataError, InputFileError
+from myocomp.study.analyses import LABELS, PA_TERM, pa_category
+from myocomp.study.phenotypes import RANGES, SEX_CODES
+
+__all__ = ["PredictionResult", "load_model", "predict_person"]
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Score of one person.
+
+    ``zscores``: {"z_intermat", "z_lmm"}; ``points``: predictor -> nomogram points;
+    ``total_points``; ``linear_predictor`` (log-odds, from the total points);
+    ``linear_predictor_model`` (the same, computed directly from the model coefficients);
+    ``probability`` (of CBP); ``inputs``: the values used (with derived lmm, pa_category).
+    """
+
+    inputs: dict[str, Any]
+    zscores: dict[str, float]
+    points: dict[str, float]
+    total_points: float
+    linear_predictor: float
+    linear_predictor_model: float
+    probability: float
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "zscores": self.zscores, "points": self.points,
+                "total_points": self.total_points, "linear_predictor": self.linear_predictor,
+                "linear_predictor_model": self.linear_predictor_model,
+                "probability": self.probability, "notes": list(self.notes)}
+
+
+def load_model(path: str | Path) -> dict[str, Any]:
+    """Read and check a ``model.json`` written by :func:`myocomp.study.run.run_study`."""
+    from myocomp.study.run import MODEL_FORMAT, MODEL_VERSION
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError("model file not found", source=path)
+    try:
+        model = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"not valid JSON: {exc}", source=path) from None
+    if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
+        raise ConfigError(f"not a {MODEL_FORMAT} file", source=path)
+    if model.get("version") != MODEL_VERSION:
+        raise ConfigError(f"unsupported model version {model.get('version')}", source=path)
+    for key in ("zscores", "nomogram", "nomogram_model"):
+        if key not in model:
+            raise ConfigError(f"model file lacks '{key}'", source=path)
+    return model
+
+
+def _check_range(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise DataError(f"{name} must be a finite number, got {value}")
+    if name in RANGES:
+        lo, hi = RANGES[name]
+        if not lo <= value <= hi:
+            raise DataError(f"{name} = {value:g} is outside the plausible range [{lo:g}, {hi:g}]")
+
+
+def predict_person(
+    model: dict[str, Any] | str | Path,
+    *,
+    age: float,
+    sex: str,
+    bmi: float,
+    lean_volume_ml: float,
+    intermat_ml: float | None = None,
+    intermat_fraction: float | None = None,
+    height_cm: float | None = None,
+    diabetes: bool = False,
+    dyslipidemia: bool = False,
+    osteoporosis: bool = False,
+    osteoarthritis: bool = False,
+    met_min_week: float | None = None,
+) -> PredictionResult:
+    """CBP probability of one person from the nomogram of a saved study model.
+
+    Units: age in years, bmi in kg/m², lean_volume_ml and intermat_ml in mL (back-muscle
+    group, as in the metrics table), intermat_fraction 0-1 (only for models whose InterMAT
+    biomarker is ``intermat_fraction``), height_cm in cm, met_min_week in MET-min/week (None:
+    the reference category "moderate" is used and a note says so).
+    """
+    from myocomp.stats.nomogram import Nomogram
+    from myocomp.stats.zscores import ZScoreModel
+
+    if not isinstance(model, dict):
+        model = load_model(model)
+    sex_norm = SEX_CODES.get(str(sex).strip().lower())
+    if sex_norm is None:
+        raise DataError(f"sex '{sex}' not understood; use female/male (f/m, w)")
+    for name, value in (("age", age), ("bmi", bmi), ("height_cm", height_cm),
+                        ("met_min_week", met_min_week)):
+        _check_range(name, None if value is None else float(value))
+    if not lean_volume_ml > 0:
+        raise DataError(f"lean_volume_ml must be > 0, got {lean_volume_ml}")
+    metric = model.get("intermat_metric", "intermat_volume_ml")
+    value = intermat_ml if metric == "intermat_volume_ml" else intermat_fraction
+    if value is None:
+        flag = "--intermat-ml" if metric == "intermat_volume_ml" else "--intermat-fraction"
+        raise DataError(f"this model's InterMAT biomarker is {metric}: give {flag}")
+    if value < 0:
+        raise DataError(f"{metric} must be >= 0, got {value}")
+    notes = []
+    zmodel = ZScoreModel.from_dict(model["zscores"])
+    lmm = float(lean_volume_ml) / float(bmi)
+    frame = pd.DataFrame({"age": [float(age)], "sex": [sex_norm], metric: [float(value)],
+                          "lmm": [lmm], "height_cm": [height_cm]})
+    z = zmodel.zscores(frame).iloc[0]
+    if not (math.isfinite(z["z_intermat"]) and math.isfinite(z["z_lmm"])):
+        need = "height_cm (--height-cm)" if zmodel.height and height_cm is None else "inputs"
+        raise DataError(f"the model's Z reference ({zmodel.method}) cannot score these {need}")
+    breaks = tuple(model.get("pa_breaks_met_min_week", (500.0, 5000.0)))
+    if met_min_week is None:
+        pa = "moderate"
+        notes.append("met_min_week not given: physical activity taken as 'moderate' "
+                     "(the reference category)")
+    else:
+        pa = str(pa_category(pd.Series([float(met_min_week)]), breaks).iloc[0])
+    person = {
+        "z_intermat": float(z["z_intermat"]), "z_lmm": float(z["z_lmm"]), "age": float(age),
+        "female": 1.0 if sex_norm == "female" else 0.0, "diabetes": float(bool(diabetes)),
+        "dyslipidemia": float(bool(dyslipidemia)), "osteoporosis": float(bool(osteoporosis)),
+        "osteoarthritis": float(bool(osteoarthritis)), "pa_category": pa,
+    }
+    nomo = Nomogram.from_dict(model["nomogram"])
+    pts = nomo.points(person).iloc[0]
+    total = float(pts["total_points"])
+    lp = float(nomo.linear_predictor(total))
+    params = model["nomogram_model"]["params"]
+    lp_model = float(params.get("Intercept", 0.0))
+    for term, beta in params.items():
+        if term == "Intercept":
+            continue
+        if term.startswith(PA_TERM):
+            level = term[len(PA_TERM) + len("[T."):-1]
+            lp_model += beta * float(pa == level)
+        else:
+            lp_model += beta * float(person[term])
+    inputs = {"age": float(age), "sex": sex_norm, "bmi": float(bmi),
+              "lean_volume_ml": float(lean_volume_ml), metric: float(value), "lmm": lmm,
+              "height_cm": height_cm, "diabetes": bool(diabetes),
+              "dyslipidemia": bool(dyslipidemia), "osteoporosis": bool(osteoporosis),
+              "osteoarthritis": bool(osteoarthritis), "met_min_week": met_min_week,
+              "pa_category": pa}
+    points = {LABELS.get(k, k) if k != "pa_category" else LABELS["pa_category"]: float(v)
+              for k, v in pts.drop("total_points").items()}
+    return PredictionResult(
+        inputs=inputs, zscores={"z_intermat": person["z_intermat"], "z_lmm": person["z_lmm"]},
+        points=points, total_points=total, linear_predictor=lp,
+        linear_predictor_model=lp_model, probability=1.0 / (1.0 + math.exp(-lp)),
+        notes=tuple(notes),
+    )
