@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch is pinned first so that nnunetv2 does not pull a multi-GB CUDA build on CPU machines.
+# torch is pinned in the same resolve as the extras, so that nothing (e.g. torchvision via timm)
+# upgrades it to a multi-GB CUDA build on CPU machines. GPU machines: make TORCH="torch==X.Y.Z".
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
 
@@ -12,8 +13,7 @@ PYTEST_ARGS ?= -n 2
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[segment,test]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[segment,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
