@@ -1,0 +1,525 @@
+"""Dixon phantoms of the lumbar trunk with exact ground truth of every composition metric.
+
+Signal model (in this order):
+
+1. The analytic anatomy (:mod:`myocomp.synth.anatomy`) is sampled at ``supersample`` x finer
+   resolution in each axis: true water ``PD (1 - FF)`` and fat ``PD FF`` per subvoxel.
+2. Partial volume: water and fat are averaged over the subvoxels of each output voxel; the label
+   of a voxel is the label with the most subvoxels (so label volume ~ true volume).
+3. A smooth multiplicative coil bias field ``1 + bias f(x, y, z)`` (``|f| <= 1``, low-order
+   polynomial with random coefficients) scales both images alike.
+4. Noise: independent complex Gaussian noise of standard deviation ``sigma`` per real/imaginary
+   channel is added to the (real, positive) water and fat signals; the stored images are the
+   magnitudes (Rician). The in-phase and opposed-phase images are the magnitudes of
+   ``water +- fat`` with the same noise, as from a two-point Dixon reconstruction.
+   ``SNR = mean noise-free water signal in the labelled muscles / sigma``.
+5. Artefacts on request: a fat-water swap (water and fat exchanged inside a sphere of radius
+   ``SWAP_RADIUS_MM`` centred in one autochthon muscle) and NaN voxels (all channels).
+
+Ground truth: :func:`myocomp.imaging.composition.composition_metrics` applied to the noise-free
+fine model (true FF and fine labels, cropped to the muscles) with the same definitions and
+parameters (``bmi``, ``fat_threshold``, ``band_mm``) as used on the images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from myocomp.errors import ConfigError, LabelError
+from myocomp.synth.anatomy import (
+    FASCIA_MM,
+    STRUCTURES,
+    LumbarAnatomy,
+    paint_slice,
+)
+
+#: Signal of a voxel of pure soft tissue (PD 1) without bias field.
+SIGNAL_SCALE = 1000.0
+#: Radius (mm) of the fat-water swap sphere.
+SWAP_RADIUS_MM = 20.0
+#: Groups whose metrics are in the truth (each member muscle as well).
+TRUTH_GROUPS = ("back", "psoas")
+_MUSCLES = STRUCTURES[1:5]
+_ALIASES = {
+    "spine": ("spine", "vertebrae", "vertebra_body"),
+}
+_AXES = {"R": "RL", "L": "RL", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
+
+
+@dataclass(frozen=True, eq=False)
+class Phantom:
+    """A synthetic Dixon scan and its ground truth.
+
+    Attributes
+    ----------
+    water, fat : (X, Y, Z) float32 magnitude images, signal units (about 1000 for pure tissue).
+    labels : (X, Y, Z) int16 label ids of the label profile (0 = unlabelled).
+    affine : (4, 4) voxel -> world (mm, RAS+) transform of the stored arrays.
+    truth : ``{"parameters": {...}, "metrics": {name: {metric: value}}}`` for the groups
+        ``back``, ``psoas`` and each of their muscles (exact, from the noise-free fine model).
+    seed : the seed it was generated from.
+    in_phase, opposed_phase : (X, Y, Z) float32 magnitudes of water +- fat (same noise).
+    """
+
+    water: np.ndarray
+    fat: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    truth: dict
+    seed: int
+    in_phase: np.ndarray | None = None
+    opposed_phase: np.ndarray | None = None
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        """Voxel edge lengths (mm) along the stored array axes."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+
+def _check_options(
+    voxel_size_mm,
+    snr,
+    infiltration,
+    intermat,
+    bias,
+    orientation,
+    supersample,
+    nan_voxels,
+    shape,
+    n_slices,
+    length_mm,
+    bmi,
+) -> None:
+    if len(voxel_size_mm) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size_mm):
+        raise ConfigError(f"voxel_size_mm must be three positive numbers (mm), got {voxel_size_mm}")
+    if snr is not None and not snr > 0:
+        raise ConfigError(f"snr must be > 0 (or None / inf for no noise), got {snr}")
+    if not 0.0 <= infiltration <= 0.4:
+        raise ConfigError(
+            f"infiltration (mean muscle fat fraction) must lie in [0, 0.4], got {infiltration}"
+        )
+    if not 0.0 <= intermat <= 0.4:
+        raise ConfigError(
+            f"intermat (fraction of muscle volume) must lie in [0, 0.4], got {intermat}"
+        )
+    if not 0.0 <= bias < 1.0:
+        raise ConfigError(f"bias (bias field amplitude) must lie in [0, 1), got {bias}")
+    codes = str(orientation).upper()
+    if (
+        len(codes) != 3
+        or any(ch not in _AXES for ch in codes)
+        or len({_AXES[ch] for ch in codes}) != 3
+    ):
+        raise ConfigError(
+            f"orientation {orientation!r} is not three axis codes naming R/L, A/P and S/I once "
+            "each (e.g. RAS, LPS, PIL)"
+        )
+    if int(supersample) != supersample or supersample < 1:
+        raise ConfigError(f"supersample must be an integer >= 1, got {supersample}")
+    if nan_voxels < 0:
+        raise ConfigError(f"nan_voxels must be >= 0, got {nan_voxels}")
+    if shape is not None and (len(shape) != 3 or any(int(n) < 1 for n in shape)):
+        raise ConfigError(f"shape must be three positive integers, got {shape}")
+    if n_slices is not None and n_slices < 1:
+        raise ConfigError(f"n_slices must be >= 1, got {n_slices}")
+    if not length_mm > 0:
+        raise ConfigError(f"length_mm must be > 0, got {length_mm}")
+    if not 15.0 <= bmi <= 60.0:
+        raise ConfigError(f"bmi must lie in [15, 60] kg/m^2, got {bmi}")
+
+
+def _structure_ids(profile: str) -> tuple[dict[int, str], np.ndarray, str]:
+    """(profile ids, lookup table structure index -> label id, profile name)."""
+    from myocomp.imaging.labels import get_profile
+
+    prof = get_profile(profile)
+    by_name = {name: i for i, name in sorted(prof.ids.items(), reverse=True)}
+    lut = np.zeros(len(STRUCTURES), dtype=np.int16)
+    for k, name in enumerate(STRUCTURES[1:], start=1):
+        for alias in _ALIASES.get(name, (name,)):
+            if alias in by_name:
+                lut[k] = by_name[alias]
+                break
+        else:
+            if name in _MUSCLES:
+                raise LabelError(
+                    f"label profile {prof.name!r} has no label {name!r}; the phantom needs it"
+                )
+    return prof.ids, lut, prof.name
+
+
+def _axis(n: int, step: float, centre: float) -> np.ndarray:
+    return centre + (np.arange(n) - (n - 1) / 2.0) * step
+
+
+def _fine(coords: np.ndarray, step: float, ss: int) -> np.ndarray:
+    offsets = (np.arange(ss) - (ss - 1) / 2.0) * step / ss
+    return (coords[:, None] + offsets[None, :]).ravel()
+
+
+def _bias_polynomial(rng: np.random.Generator, x, y, z):
+    """Smooth low-order polynomial: (slice function z_k -> f on the (X, Y) grid, max |f|)."""
+    hx, hy, hz = (max(float(np.abs(v).max()), 1e-9) for v in (x, y, z))
+    xi = (x / hx).astype(np.float32)[:, None]
+    eta = (y / hy).astype(np.float32)[None, :]
+    c = rng.normal(size=6).astype(np.float32)
+
+    def f(zk: float) -> np.ndarray:
+        zeta = np.float32(zk / hz)
+        return (
+            c[0] * xi
+            + (c[1] + c[5] * zeta) * eta
+            + c[2] * zeta
+            + abs(c[3]) * (xi**2 + eta**2)
+            + c[4] * xi * eta
+        )
+
+    peak = max(float(np.abs(f(zk)).max()) for zk in z)
+    return f, peak
+
+
+def _add_rician_noise(water, fat, sigma: float, rng: np.random.Generator):
+    """Magnitudes of (water + n1) and (fat + n2) and of their sum/difference (in/opposed phase).
+
+    n1, n2: complex Gaussian, ``sigma`` per real/imaginary part. Works in slabs along z to keep
+    memory low; water and fat are overwritten. Returns (water, fat, in_phase, opposed_phase).
+    """
+    nx, ny, nz = water.shape
+    in_phase, opposed_phase = np.empty_like(water), np.empty_like(water)
+    step = max(1, 4_000_000 // (nx * ny))
+    for k0 in range(0, nz, step):
+        sl = np.s_[:, :, k0 : k0 + step]
+        n = rng.standard_normal((4, *water[sl].shape), dtype=np.float32)
+        n *= np.float32(sigma)
+        wr, fr = water[sl] + n[0], fat[sl] + n[2]
+        in_phase[sl] = np.hypot(wr + fr, n[1] + n[3])
+        opposed_phase[sl] = np.hypot(wr - fr, n[1] - n[3])
+        water[sl] = np.hypot(wr, n[1])
+        fat[sl] = np.hypot(fr, n[3])
+    return water, fat, in_phase, opposed_phase
+
+
+def _majority(st: np.ndarray, shape: tuple[int, int], ss: int) -> np.ndarray:
+    """Structure index with the most subvoxels in each block of ss x ss x ss (ties: lower index).
+
+    ``st``: (X * ss, Y * ss, ss) structure indices of one output slice; returns (X, Y) uint8.
+    """
+    nx, ny = shape
+    if ss == 1:
+        return st[:, :, 0].copy()
+    blocks = st.reshape(nx, ss, ny, ss, ss).transpose(0, 2, 1, 3, 4).reshape(nx * ny, ss**3)
+    out = blocks[:, 0].copy()
+    mixed = np.flatnonzero(blocks.min(axis=1) != blocks.max(axis=1))
+    if mixed.size:
+        n = len(STRUCTURES)
+        sub = blocks[mixed].astype(np.intp)
+        keys = (np.arange(mixed.size)[:, None] * n + sub).ravel()
+        counts = np.bincount(keys, minlength=mixed.size * n).reshape(mixed.size, n)
+        out[mixed] = counts.argmax(axis=1)
+    return out.reshape(nx, ny)
+
+
+def _block_mean(plane: np.ndarray, shape: tuple[int, int], ss: int) -> np.ndarray:
+    nx, ny = shape
+    return plane.reshape(nx, ss, ny, ss).sum(axis=3).sum(axis=1) / np.float32(ss**3)
+
+
+def _reorient(arrays: dict[str, np.ndarray], affine: np.ndarray, orientation: str):
+    import nibabel as nib
+
+    codes = tuple(orientation.upper())
+    if codes == ("R", "A", "S"):
+        return arrays, affine
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.axcodes2ornt(codes)
+    )
+    shape = next(iter(arrays.values())).shape
+    out = {
+        k: np.ascontiguousarray(nib.orientations.apply_orientation(v, transform))
+        for k, v in arrays.items()
+    }
+    return out, affine @ nib.orientations.inv_ornt_aff(transform, shape)
+
+
+def make_phantom(
+    seed: int = 0,
+    *,
+    voxel_size_mm: tuple[float, float, float] = (2.0, 2.0, 4.0),
+    n_slices: int | None = None,
+    length_mm: float = 160.0,
+    shape: tuple[int, int, int] | None = None,
+    snr: float | None = 40.0,
+    infiltration: float = 0.1,
+    intermat: float = 0.05,
+    bias: float = 0.2,
+    orientation: str = "RAS",
+    swap_region: bool = False,
+    nan_voxels: int = 0,
+    supersample: int = 3,
+    profile: str = "mrsegmentator",
+    bmi: float = 25.0,
+    fat_threshold: float = 0.5,
+    band_mm: float = 0.0,
+) -> Phantom:
+    """Generate a lumbar-trunk Dixon phantom and its exact composition metrics.
+
+    Parameters
+    ----------
+    seed : seeds every random choice (anatomy, bias field, noise, artefacts): same seed and
+        options give identical arrays.
+    voxel_size_mm : output voxel size (mm) along R, A, S.
+    n_slices : number of axial slices, centred on the modelled trunk; default
+        ``round(length_mm / voxel_size_mm[2])``. Slices beyond the trunk's ends repeat its end
+        cross-sections (the vertebrae go on), e.g. for large benchmark volumes.
+    length_mm : cranio-caudal length of the modelled trunk (mm), about L1 to L5 by default.
+    shape : (X, Y, Z) output grid size in RAS order, centred on the body; overrides ``n_slices``
+        and the automatic in-plane field of view (which fits the body with an 8 mm margin).
+    snr : mean noise-free muscle water signal / noise sigma; None or inf: no noise.
+    infiltration : mean diffuse fat fraction of the back muscles (psoas 0.8x); varies smoothly
+        in space by about +-50 %.
+    intermat : approximate fraction of each muscle's volume in intramuscular fat streaks
+        (FF >= 0.5); the exact value is in ``truth``.
+    bias : amplitude of the smooth multiplicative coil bias field (signal x [1 - bias, 1 + bias]).
+    orientation : nibabel axis codes of the stored arrays (e.g. RAS, LPS, SAR, PIL); data and
+        affine are permuted/flipped consistently, so world geometry is unchanged.
+    swap_region : exchange water and fat inside a sphere in one autochthon muscle (artefact).
+    nan_voxels : number of voxels set to NaN in every image (artefact; positions random).
+    supersample : fine-model subvoxels per output voxel edge (partial volume; 1 = none).
+    profile : label profile whose ids the label map uses (muscles must exist in it).
+    bmi : body-mass index (kg/m^2): sets fat thicknesses and the truth's ``lmm``.
+    fat_threshold, band_mm : the metric parameters the truth is computed with.
+
+    Returns
+    -------
+    :class:`Phantom`.
+    """
+    voxel_size_mm = tuple(float(v) for v in voxel_size_mm)
+    if snr is not None and math.isinf(snr):
+        snr = None
+    _check_options(
+        voxel_size_mm,
+        snr,
+        infiltration,
+        intermat,
+        bias,
+        orientation,
+        supersample,
+        nan_voxels,
+        shape,
+        n_slices,
+        length_mm,
+        bmi,
+    )
+    from myocomp.imaging.composition import DEFINITIONS, composition_metrics
+
+    names, lut, profile_name = _structure_ids(profile)
+    ss = int(supersample)
+    dx, dy, dz = voxel_size_mm
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4)]
+    rng_anatomy, rng_bias, rng_noise, rng_artefact = streams
+    anatomy = LumbarAnatomy.sample(
+        rng_anatomy, length_mm=length_mm, bmi=bmi, infiltration=infiltration, intermat=intermat
+    )
+    half_x, y_post, y_ant = anatomy.extent_mm()
+    if shape is None:
+        nz = int(n_slices) if n_slices is not None else max(1, round(length_mm / dz))
+        shape = (
+            int(math.ceil(2 * (half_x + 8) / dx)),
+            int(math.ceil((y_post + y_ant + 16) / dy)),
+            nz,
+        )
+    nx, ny, nz = (int(n) for n in shape)
+    shape = (nx, ny, nz)
+    if nan_voxels > nx * ny * nz:
+        raise ConfigError(f"nan_voxels {nan_voxels} exceeds the {nx * ny * nz} voxels of the grid")
+    x = _axis(nx, dx, 0.0)
+    y = _axis(ny, dy, (y_ant - y_post) / 2.0)
+    z = _axis(nz, dz, 0.0)
+    affine = np.diag([dx, dy, dz, 1.0])
+    affine[:3, 3] = (x[0], y[0], z[0])
+    xf, yf, zf = _fine(x, dx, ss), _fine(y, dy, ss), _fine(z, dz, ss)
+
+    # truth crop: the muscles plus fascia, band and a voxel of margin
+    x0, x1, y0, y1 = anatomy.muscle_box_mm(FASCIA_MM + band_mm + 2 * max(dx, dy))
+    cx0, cx1 = np.searchsorted(xf, (x0, x1))
+    cy0, cy1 = np.searchsorted(yf, (y0, y1))
+    ff_true = np.empty((cx1 - cx0, cy1 - cy0, zf.size), dtype=np.float32)
+    st_true = np.empty((cx1 - cx0, cy1 - cy0, zf.size), dtype=np.uint8)
+
+    water = np.empty(shape, dtype=np.float32)
+    fat = np.empty(shape, dtype=np.float32)
+    structure = np.empty(shape, dtype=np.uint8)
+    slab_s = np.empty((nx * ss, ny * ss, ss), dtype=np.uint8)
+    sum_w = np.empty((nx * ss, ny * ss), dtype=np.float32)
+    sum_f = np.empty_like(sum_w)
+    for k in range(nz):
+        sum_w.fill(0.0)
+        sum_f.fill(0.0)
+        for j in range(ss):
+            kf = k * ss + j
+            pd, ff, st = paint_slice(anatomy, xf, yf, float(zf[kf]))
+            fat_signal = pd * ff
+            sum_f += fat_signal
+            sum_w += pd - fat_signal
+            slab_s[:, :, j] = st
+            crop_pd = pd[cx0:cx1, cy0:cy1]
+            ff_true[:, :, kf] = np.where(crop_pd > 0, ff[cx0:cx1, cy0:cy1], np.float32(np.nan))
+            st_true[:, :, kf] = st[cx0:cx1, cy0:cy1]
+        water[:, :, k] = _block_mean(sum_w, (nx, ny), ss)
+        fat[:, :, k] = _block_mean(sum_f, (nx, ny), ss)
+        structure[:, :, k] = _majority(slab_s, (nx, ny), ss)
+
+    polynomial, peak = _bias_polynomial(rng_bias, x, y, z)
+    scale = bias / peak if bias > 0 and peak > 0 else 0.0
+    for k in range(nz):
+        gain = np.float32(SIGNAL_SCALE) * (1.0 + np.float32(scale) * polynomial(float(z[k])))
+        water[:, :, k] *= gain
+        fat[:, :, k] *= gain
+    muscle = (structure >= 1) & (structure <= len(_MUSCLES))
+    sigma = (
+        float(water[muscle].mean(dtype=np.float64)) / snr
+        if snr is not None and muscle.any()
+        else 0.0
+    )
+    del muscle
+    if sigma > 0:
+        water, fat, in_phase, opposed_phase = _add_rician_noise(water, fat, sigma, rng_noise)
+    else:
+        in_phase, opposed_phase = water + fat, np.abs(water - fat)
+
+    swap_info = None
+    if swap_region:
+        side = "autochthon_left" if rng_artefact.uniform() < 0.5 else "autochthon_right"
+        zc = float(z[nz // 2])
+        cx, cy, *_ = anatomy.muscle(side, zc)
+        box = tuple(
+            slice(
+                np.searchsorted(axis, centre - SWAP_RADIUS_MM, side="left"),
+                np.searchsorted(axis, centre + SWAP_RADIUS_MM, side="right"),
+            )
+            for axis, centre in zip((x, y, z), (cx, cy, zc), strict=True)
+        )
+        sphere = (
+            (x[box[0], None, None] - cx) ** 2
+            + (y[None, box[1], None] - cy) ** 2
+            + (z[None, None, box[2]] - zc) ** 2
+        ) <= SWAP_RADIUS_MM**2
+        w_box, f_box = water[box], fat[box]
+        w_box[sphere], f_box[sphere] = f_box[sphere], w_box[sphere]
+        swap_info = {
+            "centre_mm": [float(cx), float(cy), zc],
+            "radius_mm": SWAP_RADIUS_MM,
+            "muscle": side,
+            "n_voxels": int(sphere.sum()),
+        }
+    if nan_voxels:
+        flat = rng_artefact.choice(water.size, size=int(nan_voxels), replace=False)
+        for arr in (water, fat, in_phase, opposed_phase):
+            arr.reshape(-1)[flat] = np.nan
+
+    labels = lut[structure]
+    fine_size = (dx / ss, dy / ss, dz / ss)
+    table = composition_metrics(
+        ff_true,
+        lut[st_true],
+        names,
+        fine_size,
+        bmi=bmi,
+        fat_threshold=fat_threshold,
+        band_mm=band_mm,
+        groups=TRUTH_GROUPS,
+    )
+    metrics = {
+        row["group"]: {k: _plain(v) for k, v in row.items() if k not in ("group", "level")}
+        for row in table.to_dict(orient="records")
+    }
+
+    arrays = {
+        "water": water,
+        "fat": fat,
+        "labels": labels,
+        "in_phase": in_phase,
+        "opposed_phase": opposed_phase,
+    }
+    arrays, affine = _reorient(arrays, affine, orientation)
+    parameters: dict[str, Any] = {
+        "seed": int(seed),
+        "voxel_size_mm": list(voxel_size_mm),
+        "shape": list(arrays["water"].shape),
+        "orientation": str(orientation).upper(),
+        "length_mm": float(length_mm),
+        "snr": snr,
+        "noise_sigma": sigma,
+        "signal_scale": SIGNAL_SCALE,
+        "infiltration": float(infiltration),
+        "intermat": float(intermat),
+        "bias": float(bias),
+        "swap_region": swap_info,
+        "nan_voxels": int(nan_voxels),
+        "supersample": ss,
+        "profile": profile_name,
+        "bmi": float(bmi),
+        "fat_threshold": float(fat_threshold),
+        "band_mm": float(band_mm),
+        "truth_voxel_size_mm": list(fine_size),
+        "fascia_mm": FASCIA_MM,
+        "deposit_peak_ff": "1 - local muscle FF",
+    }
+    return Phantom(
+        water=arrays["water"],
+        fat=arrays["fat"],
+        labels=arrays["labels"],
+        affine=affine,
+        truth={"parameters": parameters, "metrics": metrics, "definitions": dict(DEFINITIONS)},
+        seed=int(seed),
+        in_phase=arrays["in_phase"],
+        opposed_phase=arrays["opposed_phase"],
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_phantom(
+    out_dir: str | Path, seed: int = 0, *, phantom: Phantom | None = None, **options: Any
+) -> dict[str, Path]:
+    """Generate a phantom (:func:`make_phantom` options) and write it to ``out_dir``.
+
+    Writes ``water.nii.gz``, ``fat.nii.gz``, ``labels.nii.gz`` (int16), ``in_phase.nii.gz``,
+    ``opposed_phase.nii.gz`` and ``truth.json``, each atomically. Returns role -> path
+    (roles ``water``, ``fat``, ``labels``, ``in_phase``, ``opposed_phase``, ``truth``).
+    An already generated ``phantom`` is written as it is (then ``seed`` and options are unused).
+    """
+    from myocomp.io import save_nifti, write_json
+
+    if phantom is None:
+        phantom = make_phantom(seed, **options)
+    elif options:
+        raise ConfigError("write_phantom: give either a phantom or generation options, not both")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = {
+        "water": phantom.water,
+        "fat": phantom.fat,
+        "labels": phantom.labels.astype(np.int16),
+        "in_phase": phantom.in_phase,
+        "opposed_phase": phantom.opposed_phase,
+    }
+    paths = {
+        role: Path(save_nifti(data, phantom.affine, out / f"{role}.nii.gz"))
+        for role, data in images.items()
+        if data is not None
+    }
+    paths["truth"] = Path(write_json(phantom.truth, out / "truth.json"))
+    return paths
