@@ -3,7 +3,12 @@ import pandas as pd
 import pytest
 
 from myocomp.errors import DataError, LabelError
-from myocomp.imaging.composition import composition_metrics, gmm_fat_probability, quantify, slice_profile
+from myocomp.imaging.composition import (
+    composition_metrics,
+    gmm_fat_probability,
+    quantify,
+    slice_profile,
+)
 from myocomp.imaging.dixon import dixon_from_arrays, fat_fraction
 from myocomp.imaging.labels import get_profile, labelmap_from_array
 

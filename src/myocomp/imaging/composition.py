@@ -389,7 +389,7 @@ def quantify(
     affine[:, 3] = dixon.affine @ origin
 
     if dixon.fat is not None:
-        floor = default_noise_floor(dixon.water + dixon.fat) if noise_floor is None else noise_floor
+        floor = default_noise_floor(dixon.water, dixon.fat) if noise_floor is None else noise_floor
         ip = dixon.in_phase[box] if dixon.in_phase is not None else None
         ff = fat_fraction(dixon.water[box], dixon.fat[box], in_phase=ip, noise_floor=floor)
         method = "dixon_magnitude_discrimination" if ip is not None else "dixon"

@@ -1,0 +1,418 @@
+"""Quality control of one participant: flags, an overlay image, and the cohort QC page.
+
+Flags (columns of ``metrics.parquet``, True = suspicious):
+
+``qc_swap_suspected``
+    Fat-water swap: the median fat fraction over all muscle voxels exceeds ``swap_ff`` (0.5), or
+    a labelled ``subcutaneous_fat`` has a median fat fraction below it (a global swap); or one
+    muscle holds a compact region of FF >= ``swap_ff`` of at least ``swap_region_ml`` that
+    survives a morphological opening with a ball of radius ``swap_radius_mm`` (a regional
+    swap; thin intramuscular fat septa do not survive the opening, but severe confluent fatty
+    infiltration can, so the note says both).
+``qc_missing_labels``
+    A muscle of the requested groups is absent or smaller than ``min_label_ml``.
+``qc_volume_out_of_range``
+    The row's volume lies outside the plausible range configured for its group or muscle.
+``qc_geometry``
+    The affine is the identity (a header without geometry) or the voxel anisotropy (largest /
+    smallest edge) exceeds ``max_anisotropy``.
+
+``qc_notes`` says in words why a participant was flagged.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FLAG_COLUMNS = ("qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry")
+
+#: Plausible volume ranges (mL) of whole-body scans; configure for partial fields of view.
+DEFAULT_VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {
+    "back": (50.0, 8000.0),
+    "psoas": (20.0, 3000.0),
+    "gluteal": (100.0, 8000.0),
+}
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Thresholds of the QC flags (see the module docstring); units mL and fractions."""
+
+    volume_ranges_ml: Mapping[str, tuple[float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_VOLUME_RANGES_ML)
+    )
+    min_label_ml: float = 1.0
+    max_anisotropy: float = 4.0
+    swap_ff: float = 0.5
+    swap_radius_mm: float = 6.0
+    swap_region_ml: float = 5.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["volume_ranges_ml"] = {
+            k: [float(v[0]), float(v[1])] for k, v in sorted(self.volume_ranges_ml.items())
+        }
+        return d
+
+
+@dataclass(frozen=True)
+class QCFlags:
+    """Participant-level QC results; ``notes`` explain every raised flag."""
+
+    swap_suspected: bool
+    missing_labels: bool
+    geometry: bool
+    muscle_ff_median: float
+    subcutaneous_ff_median: float | None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_swap(
+    ff: np.ndarray,
+    labels: np.ndarray,
+    muscle_ids: Iterable[int],
+    fat_ids: Iterable[int] = (),
+    threshold: float = 0.5,
+) -> tuple[bool, float, float | None]:
+    """Fat-water swap test: (suspected, median muscle FF, median labelled-fat FF or None).
+
+    ``ff``: fat fraction map (NaN = invalid); ``labels``: int array of the same shape.
+    """
+    muscle = np.isin(labels, list(muscle_ids)) & np.isfinite(ff)
+    m_med = float(np.median(ff[muscle])) if muscle.any() else float("nan")
+    fat_ids = list(fat_ids)
+    f_med = None
+    if fat_ids:
+        fat = np.isin(labels, fat_ids) & np.isfinite(ff)
+        f_med = float(np.median(ff[fat])) if fat.any() else None
+    suspected = bool(m_med > threshold) or (f_med is not None and f_med < threshold)
+    return suspected, m_med, f_med
+
+
+def ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Boolean structuring element: the voxels of an ellipsoid grid within ``radius_mm``."""
+    half = [int(np.floor(radius_mm / s)) for s in spacing_mm]
+    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing_mm, strict=True)) <= 1.0
+
+
+def compact_fat_regions(
+    ff: np.ndarray,
+    labels: np.ndarray,
+    muscle_ids: Mapping[int, str],
+    spacing_mm: tuple[float, float, float],
+    *,
+    threshold: float = 0.5,
+    radius_mm: float = 6.0,
+) -> dict[str, float]:
+    """Volume (mL) per muscle of FF >= ``threshold`` that survives an opening with a ball of
+    ``radius_mm``: compact fatty regions (a regional fat-water swap looks like this), not septa.
+    """
+    from scipy import ndimage
+
+    element = ball(radius_mm, spacing_mm)
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    out: dict[str, float] = {}
+    for i, name in muscle_ids.items():
+        mask = labels == i
+        if not mask.any():
+            continue
+        box = ndimage.find_objects(mask.astype(np.int8))[0]
+        high = mask[box] & (np.nan_to_num(ff[box], nan=0.0) >= threshold)
+        if not high.any():
+            out[name] = 0.0
+            continue
+        pad = [(h, h) for h in (np.array(element.shape) // 2)]
+        opened = ndimage.binary_opening(np.pad(high, pad), element)
+        out[name] = float(opened.sum()) * voxel_ml
+    return out
+
+
+def check_labels(
+    labels: np.ndarray,
+    names: Mapping[int, str],
+    expected: Iterable[str],
+    voxel_volume_ml: float,
+    min_label_ml: float,
+) -> list[str]:
+    """Expected muscles that are absent or smaller than ``min_label_ml`` (notes, one per muscle)."""
+    by_name = {n: i for i, n in names.items()}
+    counts = (
+        np.bincount(labels[labels > 0].ravel()) if labels.max(initial=0) > 0 else np.zeros(1, int)
+    )
+    notes = []
+    for name in expected:
+        i = by_name.get(name)
+        n = int(counts[i]) if i is not None and i < counts.size else 0
+        if n == 0:
+            notes.append(f"{name} missing")
+        elif n * voxel_volume_ml < min_label_ml:
+            notes.append(f"{name} tiny ({n * voxel_volume_ml:.2f} mL)")
+    return notes
+
+
+def check_geometry(affine: np.ndarray, max_anisotropy: float = 4.0) -> list[str]:
+    """Geometry notes: identity affine, voxel anisotropy above ``max_anisotropy``."""
+    affine = np.asarray(affine, dtype=float)
+    notes = []
+    if np.allclose(affine, np.eye(4)):
+        notes.append("identity affine (no geometry in the header?)")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    ratio = float(spacing.max() / spacing.min())
+    if ratio > max_anisotropy:
+        notes.append(f"voxel anisotropy {ratio:.1f} > {max_anisotropy:g}")
+    return notes
+
+
+def volume_out_of_range(
+    metrics: pd.DataFrame, ranges: Mapping[str, tuple[float, float]]
+) -> pd.Series:
+    """Per row: True if ``volume_ml`` is outside the range configured for the row's ``group``."""
+    lo = metrics["group"].map(lambda g: ranges.get(g, (-np.inf, np.inf))[0]).astype(float)
+    hi = metrics["group"].map(lambda g: ranges.get(g, (-np.inf, np.inf))[1]).astype(float)
+    vol = metrics["volume_ml"].astype(float)
+    return ((vol < lo) | (vol > hi)).fillna(False).astype(bool)
+
+
+def assess(
+    dixon,
+    labelmap,
+    groups: Iterable[str],
+    config: QCConfig | None = None,
+    ff: np.ndarray | None = None,
+) -> QCFlags:
+    """Participant-level flags of a Dixon volume and its label map (see the module docstring)."""
+    from myocomp.imaging.labels import GROUPS, is_muscle
+
+    config = config or QCConfig()
+    names = labelmap.profile.ids
+    if ff is None:
+        ff = qc_fat_fraction(dixon) if dixon.fat is not None else None
+    notes: list[str] = []
+    swap, m_med, f_med = False, float("nan"), None
+    if ff is not None:
+        muscle_ids = [i for i, n in names.items() if is_muscle(n)]
+        fat_ids = [i for i, n in names.items() if n == "subcutaneous_fat"]
+        swap, m_med, f_med = check_swap(ff, labelmap.data, muscle_ids, fat_ids, config.swap_ff)
+        if m_med > config.swap_ff:
+            notes.append(f"muscle FF median {m_med:.2f} > {config.swap_ff:g} (fat-water swap?)")
+        if f_med is not None and f_med < config.swap_ff:
+            notes.append(
+                f"subcutaneous fat FF median {f_med:.2f} < {config.swap_ff:g} (fat-water swap?)"
+            )
+        regions = compact_fat_regions(
+            ff,
+            labelmap.data,
+            {i: names[i] for i in muscle_ids},
+            dixon.spacing_mm,
+            threshold=config.swap_ff,
+            radius_mm=config.swap_radius_mm,
+        )
+        for name, ml in sorted(regions.items()):
+            if ml >= config.swap_region_ml:
+                swap = True
+                notes.append(
+                    f"compact region of FF >= {config.swap_ff:g} ({ml:.1f} mL) in {name} "
+                    "(regional fat-water swap or confluent fatty infiltration?)"
+                )
+    expected = sorted({m for g in groups for m in (GROUPS.get(g) or ())})
+    label_notes = check_labels(
+        labelmap.data, names, expected, dixon.voxel_volume_ml, config.min_label_ml
+    )
+    geo_notes = check_geometry(dixon.affine, config.max_anisotropy)
+    return QCFlags(
+        swap_suspected=swap,
+        missing_labels=bool(label_notes),
+        geometry=bool(geo_notes),
+        muscle_ff_median=m_med,
+        subcutaneous_ff_median=f_med,
+        notes=tuple(notes + label_notes + geo_notes),
+    )
+
+
+def qc_fat_fraction(dixon) -> np.ndarray:
+    """The fat-fraction map QC looks at (same definition as the metrics)."""
+    from myocomp.imaging.dixon import fat_fraction
+
+    return fat_fraction(dixon.water, dixon.fat, in_phase=dixon.in_phase)
+
+
+def add_flag_columns(
+    metrics: pd.DataFrame, flags: QCFlags, config: QCConfig | None = None
+) -> pd.DataFrame:
+    """A copy of ``metrics`` with the QC columns (:data:`FLAG_COLUMNS` and ``qc_notes``)."""
+    config = config or QCConfig()
+    out = metrics.copy()
+    out["qc_swap_suspected"] = flags.swap_suspected
+    out["qc_missing_labels"] = flags.missing_labels
+    out["qc_volume_out_of_range"] = volume_out_of_range(out, config.volume_ranges_ml)
+    out["qc_geometry"] = flags.geometry
+    notes = list(flags.notes)
+    for _, row in out[out["qc_volume_out_of_range"]].iterrows():
+        notes.append(f"{row['group']} volume {row['volume_ml']:.1f} mL outside plausible range")
+    out["qc_notes"] = "; ".join(notes)
+    return out
+
+
+def _outline(labels: np.ndarray, ids: Iterable[int]) -> np.ndarray:
+    """Pixels of a 2-D label image that lie on the border of one of ``ids``."""
+    inside = np.isin(labels, list(ids))
+    edge = np.zeros_like(inside)
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    return inside & edge
+
+
+def _panel(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float], cmap, lim, ids):
+    """An RGB uint8 panel of a 2-D slice (x right, superior/anterior up), outlines in cyan."""
+    base = min(spacing)
+    reps = [max(1, int(round(s / base))) for s in spacing]
+    img = np.repeat(np.repeat(image, reps[0], axis=0), reps[1], axis=1)
+    lab = np.repeat(np.repeat(labels, reps[0], axis=0), reps[1], axis=1)
+    norm = np.clip((np.nan_to_num(img, nan=0.0) - lim[0]) / (lim[1] - lim[0]), 0.0, 1.0)
+    rgb = (cmap(norm)[..., :3] * 255).astype(np.uint8)
+    rgb[_outline(lab, ids)] = (0, 255, 255)
+    return np.flipud(np.transpose(rgb, (1, 0, 2)))  # rows = second axis, pointing up
+
+
+def render_png(
+    dixon,
+    labelmap,
+    path: str | Path | None = None,
+    ff: np.ndarray | None = None,
+    width: int = 320,
+) -> bytes:
+    """Coronal and axial slices through the muscles: water image and FF map (0-1) with muscle
+    outlines; a 2 x 2 grid of panels about ``width`` pixels wide.
+
+    Returns the PNG bytes and writes them atomically to ``path`` if given. The PNG holds pixels
+    only: no text chunks (no software or author; the QC page prints the participant id).
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from myocomp.imaging.labels import is_muscle
+
+    names = labelmap.profile.ids
+    muscle_ids = [i for i, n in names.items() if is_muscle(n)]
+    mask = np.isin(labelmap.data, muscle_ids)
+    if ff is None:
+        ff = (
+            qc_fat_fraction(dixon)
+            if dixon.fat is not None
+            else np.full(dixon.shape, np.nan, np.float32)
+        )
+    if mask.any():
+        cy, cz = (int(v) for v in np.round(np.median(np.argwhere(mask), axis=0))[1:])
+    else:
+        cy, cz = dixon.shape[1] // 2, dixon.shape[2] // 2
+    sx, sy, sz = dixon.spacing_mm
+    water = np.nan_to_num(dixon.water)
+    vmax = float(np.percentile(water, 99.5)) or 1.0
+    gray, magma = colormaps["gray"], colormaps["magma"]
+    rows = []
+    for cut, spacing in (
+        ((slice(None), cy, slice(None)), (sx, sz)),
+        ((slice(None), slice(None), cz), (sx, sy)),
+    ):
+        lab = labelmap.data[cut]
+        left = _panel(water[cut], lab, spacing, gray, (0.0, vmax), muscle_ids)
+        right = _panel(ff[cut], lab, spacing, magma, (0.0, 1.0), muscle_ids)
+        scale = max(1, int(round(width / left.shape[1])))
+        pair = np.concatenate([left, np.zeros((left.shape[0], 4, 3), np.uint8), right], axis=1)
+        rows.append(np.repeat(np.repeat(pair, scale, axis=0), scale, axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG", optimize=False)
+    data = buf.getvalue()
+    if path is not None:
+        from myocomp.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    return data
+
+
+def write_qc_html(
+    path: str | Path,
+    entries: Iterable[Mapping[str, Any]],
+    *,
+    failed: Iterable[Mapping[str, str]] = (),
+    max_unflagged_images: int = 200,
+) -> Path:
+    """Write a self-contained QC page: failures, then flagged participants, then the rest.
+
+    ``entries``: mappings with ``participant_id``, ``flags`` (column -> bool), ``notes`` (str)
+    and ``png`` (path or None). Images are inlined as base64 for every flagged participant and
+    for the first ``max_unflagged_images`` others (the page must stay openable for a cohort).
+    """
+    from myocomp.io import write_text
+
+    entries = sorted(entries, key=lambda e: (not any(e["flags"].values()), e["participant_id"]))
+    failed = sorted(failed, key=lambda e: e["participant_id"])
+    n_flagged = sum(any(e["flags"].values()) for e in entries)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>myocomp QC</title>",
+        "<style>body{font-family:sans-serif;margin:1em}.p{border:1px solid #ccc;margin:.5em 0;"
+        "padding:.5em}.flag{background:#fff3f0}.f{color:#b00;font-weight:bold}img{max-width:520px}"
+        "td,th{padding:2px 8px;text-align:left}</style></head><body>",
+        f"<h1>myocomp QC</h1><p>{len(entries)} participants with results, {n_flagged} flagged, "
+        f"{len(failed)} failed.</p>",
+    ]
+    if failed:
+        parts.append(
+            "<h2>Failed</h2><table><tr><th>participant</th><th>stage</th><th>reason</th></tr>"
+        )
+        for e in failed:
+            parts.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(e.get(k, '')))}</td>"
+                    for k in ("participant_id", "stage", "reason")
+                )
+                + "</tr>"
+            )
+        parts.append("</table>")
+    parts.append("<h2>Participants (flagged first)</h2>")
+    shown_unflagged = 0
+    for e in entries:
+        flagged = any(e["flags"].values())
+        raised = [k for k, v in e["flags"].items() if v]
+        parts.append(
+            f"<div class='p{' flag' if flagged else ''}'><b>{html.escape(e['participant_id'])}</b> "
+        )
+        if flagged:
+            parts.append(f"<span class='f'>{html.escape(', '.join(raised))}</span>")
+            if e.get("notes"):
+                parts.append(f"<br><small>{html.escape(str(e['notes']))}</small>")
+        else:
+            parts.append("ok")
+        png = e.get("png")
+        if (
+            png is not None
+            and Path(png).is_file()
+            and (flagged or shown_unflagged < max_unflagged_images)
+        ):
+            shown_unflagged += 0 if flagged else 1
+            b64 = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+            parts.append(
+                f"<br><img alt='QC {html.escape(e['participant_id'])}' src='data:image/png;base64,{b64}'>"
+            )
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return write_text("\n".join(parts) + "\n", path)

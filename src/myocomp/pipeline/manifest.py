@@ -1,0 +1,358 @@
+"""The batch manifest: one row per participant, validated up front with every problem listed.
+
+A manifest is a CSV (comma) or TSV (tab, ``.tsv``/``.tab``) file with a header row. Paths are
+relative to the manifest's folder (absolute paths are kept). Columns:
+
+``participant_id`` (required)
+    Letters, digits, ``.``, ``_``, ``-``; starts with a letter or digit; at most 128 characters.
+    It names the participant's output folder, so it must be unique.
+Image source, exactly one per row:
+    ``water`` + ``fat`` (+ optional ``in_phase``, ``opposed_phase``): NIfTI files on one grid.
+    ``dicom_dir``: a folder holding the Dixon series (channels recognised from the headers).
+    ``stations``: a folder with one NIfTI per station and channel, named
+    ``<channel>_<n>.nii[.gz]`` (channel one of water, fat, in_phase, opposed_phase; n = 1, 2, ...).
+    ``water_stations`` + ``fat_stations`` (+ ``in_phase_stations``, ``opposed_phase_stations``):
+    ``;``-separated lists of NIfTI files, station k of each channel sharing one grid.
+``labels``, ``profile`` (optional)
+    A precomputed label map and the label profile naming its ids (``mrsegmentator``, ...,
+    or a dataset.json / mapping file). Without ``labels`` the batch segments with ``--model``.
+``bmi`` (optional, kg/m^2, > 0), ``site`` (optional, free text).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from myocomp.errors import DataError, InputFileError
+
+CHANNELS = ("water", "fat", "in_phase", "opposed_phase")
+STATION_COLUMNS = tuple(f"{c}_stations" for c in CHANNELS)
+COLUMNS = (
+    "participant_id",
+    *CHANNELS,
+    "dicom_dir",
+    "stations",
+    *STATION_COLUMNS,
+    "labels",
+    "profile",
+    "bmi",
+    "site",
+)
+PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_STATION_FILE = re.compile(r"^(water|fat|in_phase|opposed_phase)_(\d+)\.nii(\.gz)?$")
+
+
+class ManifestError(DataError):
+    """A manifest has problems; ``problems`` lists every one (line number, id and reason)."""
+
+    def __init__(self, problems: list[str], *, source: str | Path | None = None) -> None:
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in manifest: " + "; ".join(self.problems[:5])
+        if n > 5:
+            head += f"; ... and {n - 5} more"
+        super().__init__(head, source=source)
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One validated manifest row; every path is absolute.
+
+    ``kind`` is ``"nifti"``, ``"dicom"`` or ``"stations"``; ``stations`` maps a channel to the
+    tuple of its station files (same order in every channel).
+    """
+
+    participant_id: str
+    kind: str
+    water: Path | None = None
+    fat: Path | None = None
+    in_phase: Path | None = None
+    opposed_phase: Path | None = None
+    dicom_dir: Path | None = None
+    stations: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    labels: Path | None = None
+    profile: str | None = None
+    bmi: float | None = None
+    site: str | None = None
+    line: int = 0
+
+    def input_files(self) -> dict[str, list[Path]]:
+        """Input files by role (for hashing). A DICOM folder lists every file below it, sorted."""
+        files: dict[str, list[Path]] = {}
+        if self.kind == "nifti":
+            for ch in CHANNELS:
+                path = getattr(self, ch)
+                if path is not None:
+                    files[ch] = [path]
+        elif self.kind == "dicom":
+            assert self.dicom_dir is not None
+            files["dicom"] = sorted(p for p in self.dicom_dir.rglob("*") if p.is_file())
+        else:
+            for ch, paths in self.stations.items():
+                files[f"{ch}_stations"] = list(paths)
+        if self.labels is not None:
+            files["labels"] = [self.labels]
+        if self.profile is not None and _looks_like_path(self.profile):
+            files["profile"] = [Path(self.profile)]
+        return files
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: its path and participants in file order."""
+
+    path: Path
+    participants: tuple[Participant, ...]
+
+    def __len__(self) -> int:
+        return len(self.participants)
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.participant_id for p in self.participants]
+
+
+def is_safe_participant_id(value: str) -> bool:
+    """True if ``value`` is usable as a folder name on every platform (see module docstring)."""
+    return bool(PARTICIPANT_ID.match(value)) and value not in (".", "..")
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or value.lower().endswith(".json")
+
+
+def _delimiter(path: Path, first_line: str) -> str:
+    if path.suffix.lower() in (".tsv", ".tab"):
+        return "\t"
+    if path.suffix.lower() == ".csv":
+        return ","
+    return "\t" if "\t" in first_line and "," not in first_line else ","
+
+
+def read_manifest(path: str | Path, *, default_profile: str | None = None) -> Manifest:
+    """Read and validate a manifest; raise :class:`ManifestError` listing every problem.
+
+    Checks: known columns, one image source per row, files and folders exist, participant ids
+    are safe folder names and unique, rows have the header's number of fields, ``bmi`` is a
+    positive number, label maps have a profile (their own or ``default_profile``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError("manifest not found", source=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(
+            f"manifest cannot be read ({type(exc).__name__}: {exc})", source=path
+        ) from exc
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise ManifestError(["the file is empty (a header row is needed)"], source=path)
+    rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(path, lines[0])))
+    header = [h.strip() for h in rows[0]]
+    problems: list[str] = []
+    unknown = [h for h in header if h not in COLUMNS]
+    for name in unknown:
+        close = difflib.get_close_matches(name, COLUMNS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown column {name!r}{hint}")
+    if "participant_id" not in header:
+        problems.append("missing column 'participant_id'")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    problems.extend(f"column {h!r} appears more than once" for h in dupes)
+    if problems:
+        raise ManifestError(problems, source=path)
+
+    base = path.parent.resolve()
+    participants: list[Participant] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(rows[1:], start=2):
+        if not raw or all(not v.strip() for v in raw):
+            continue
+        if len(raw) != len(header):
+            problems.append(f"line {lineno}: {len(raw)} fields, the header has {len(header)}")
+            continue
+        row = {h: v.strip() for h, v in zip(header, raw, strict=True)}
+        row_problems: list[str] = []
+        participant = _parse_row(row, lineno, base, default_profile, row_problems)
+        pid = row.get("participant_id", "")
+        if pid in seen:
+            row_problems.append(f"duplicate participant_id (first on line {seen[pid]})")
+        elif pid:
+            seen[pid] = lineno
+        label = f"line {lineno} ({pid})" if pid else f"line {lineno}"
+        problems.extend(f"{label}: {p}" for p in row_problems)
+        if participant is not None and not row_problems:
+            participants.append(participant)
+    problems.extend(_check_profiles(participants))
+    if problems:
+        raise ManifestError(problems, source=path)
+    if not participants:
+        raise ManifestError(["no participant rows"], source=path)
+    return Manifest(path=path.resolve(), participants=tuple(participants))
+
+
+def _check_profiles(participants: list[Participant]) -> list[str]:
+    """One problem per row whose label profile is unknown or unreadable (checked once each)."""
+    from myocomp.errors import MyocompError
+    from myocomp.imaging.labels import get_profile
+
+    verdict: dict[str, str | None] = {}
+    problems = []
+    for p in participants:
+        if p.labels is None or p.profile is None:
+            continue
+        if p.profile not in verdict:
+            try:
+                get_profile(p.profile)
+                verdict[p.profile] = None
+            except MyocompError as exc:
+                verdict[p.profile] = str(exc).splitlines()[0]
+        if verdict[p.profile]:
+            problems.append(f"line {p.line} ({p.participant_id}): profile: {verdict[p.profile]}")
+    return problems
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _parse_row(
+    row: dict[str, str], lineno: int, base: Path, default_profile: str | None, problems: list[str]
+) -> Participant | None:
+    pid = row.get("participant_id", "")
+    if not pid:
+        problems.append("participant_id is empty")
+    elif not is_safe_participant_id(pid):
+        problems.append(
+            f"participant_id {pid!r} is not a safe folder name (use letters, digits, '.', '_', '-'; "
+            "start with a letter or digit; at most 128 characters)"
+        )
+
+    def file(column: str, *, folder: bool = False) -> Path | None:
+        value = row.get(column, "")
+        if not value:
+            return None
+        p = _resolve(base, value)
+        if folder and not p.is_dir():
+            problems.append(f"{column}: folder not found: {p}")
+        elif not folder and not p.is_file():
+            problems.append(f"{column}: file not found: {p}")
+        return p
+
+    sources = []
+    if row.get("water") or row.get("fat"):
+        sources.append("water/fat")
+    if row.get("dicom_dir"):
+        sources.append("dicom_dir")
+    if row.get("stations") or any(row.get(c) for c in STATION_COLUMNS):
+        sources.append("stations")
+    if not sources:
+        problems.append("no image source: give water + fat, dicom_dir, or stations")
+    elif len(sources) > 1:
+        problems.append(f"more than one image source ({', '.join(sources)}); give exactly one")
+
+    kind = {"water/fat": "nifti", "dicom_dir": "dicom", "stations": "stations"}.get(
+        sources[0] if len(sources) == 1 else "", ""
+    )
+    channels: dict[str, Path | None] = {c: None for c in CHANNELS}
+    dicom_dir = None
+    stations: dict[str, tuple[Path, ...]] = {}
+    if kind == "nifti":
+        for ch in CHANNELS:
+            channels[ch] = file(ch)
+        for ch in ("water", "fat"):
+            if not row.get(ch):
+                problems.append(f"{ch} is empty (water and fat are both needed)")
+    elif kind == "dicom":
+        dicom_dir = file("dicom_dir", folder=True)
+    elif kind == "stations":
+        stations = _parse_stations(row, base, problems)
+    if kind and kind != "nifti" and any(row.get(c) for c in ("in_phase", "opposed_phase")):
+        problems.append("in_phase/opposed_phase columns only go with water + fat")
+
+    labels = file("labels")
+    profile = row.get("profile") or default_profile
+    if profile and _looks_like_path(profile):
+        resolved = _resolve(base, profile)
+        if not resolved.is_file():
+            problems.append(f"profile: file not found: {resolved}")
+        profile = str(resolved)
+    if labels is not None and not profile:
+        problems.append("labels given without a profile (add a profile column or --profile)")
+
+    bmi: float | None = None
+    if row.get("bmi"):
+        try:
+            bmi = float(row["bmi"])
+        except ValueError:
+            problems.append(f"bmi {row['bmi']!r} is not a number")
+        else:
+            if not math.isfinite(bmi) or bmi <= 0:
+                problems.append(f"bmi {row['bmi']!r} must be a positive number (kg/m^2)")
+    if problems or not kind:
+        return None
+    return Participant(
+        participant_id=pid,
+        kind=kind,
+        water=channels["water"],
+        fat=channels["fat"],
+        in_phase=channels["in_phase"],
+        opposed_phase=channels["opposed_phase"],
+        dicom_dir=dicom_dir,
+        stations=stations,
+        labels=labels,
+        profile=profile or None,
+        bmi=bmi,
+        site=row.get("site") or None,
+        line=lineno,
+    )
+
+
+def _parse_stations(
+    row: dict[str, str], base: Path, problems: list[str]
+) -> dict[str, tuple[Path, ...]]:
+    if row.get("stations") and any(row.get(c) for c in STATION_COLUMNS):
+        problems.append("give either a stations folder or <channel>_stations lists, not both")
+        return {}
+    found: dict[str, dict[int, Path]] = {}
+    if row.get("stations"):
+        folder = _resolve(base, row["stations"])
+        if not folder.is_dir():
+            problems.append(f"stations: folder not found: {folder}")
+            return {}
+        for p in sorted(folder.iterdir()):
+            m = _STATION_FILE.match(p.name)
+            if m:
+                found.setdefault(m.group(1), {})[int(m.group(2))] = p
+        ordered = {
+            ch: tuple(found[ch][k] for k in sorted(found[ch])) for ch in CHANNELS if ch in found
+        }
+        for ch, numbers in found.items():
+            if sorted(numbers) != list(range(1, len(numbers) + 1)):
+                problems.append(f"stations: {ch} stations are not numbered 1..{len(numbers)}")
+    else:
+        ordered = {}
+        for ch in CHANNELS:
+            value = row.get(f"{ch}_stations", "")
+            if not value:
+                continue
+            paths = tuple(_resolve(base, v.strip()) for v in value.split(";") if v.strip())
+            for p in paths:
+                if not p.is_file():
+                    problems.append(f"{ch}_stations: file not found: {p}")
+            ordered[ch] = paths
+    for ch in ("water", "fat"):
+        if not ordered.get(ch):
+            problems.append(f"stations: no {ch} stations")
+    counts = {ch: len(v) for ch, v in ordered.items()}
+    if len(set(counts.values())) > 1:
+        problems.append(f"stations: channels have different station counts {counts}")
+    return ordered

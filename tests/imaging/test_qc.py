@@ -1,0 +1,163 @@
+"""QC flags, overlay image and QC page (myocomp.imaging.qc), tested on phantoms."""
+
+from __future__ import annotations
+
+import base64
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from myocomp.imaging import qc
+from myocomp.imaging.composition import quantify
+from myocomp.imaging.dixon import dixon_from_arrays
+from myocomp.imaging.labels import labelmap_from_array, profile_from_mapping
+from myocomp.synth.phantom import make_phantom
+
+SMALL = {"n_slices": 8, "voxel_size_mm": (4.0, 4.0, 6.0), "supersample": 1}
+GROUPS = ("back", "psoas")
+
+
+def volumes(p, *, affine=None, swap_channels=False, labels=None, profile="mrsegmentator"):
+    affine = p.affine if affine is None else affine
+    water, fat = (p.fat, p.water) if swap_channels else (p.water, p.fat)
+    dixon = dixon_from_arrays(water, fat, affine)
+    lm = labelmap_from_array(
+        p.labels if labels is None else labels, affine, profile, reference=dixon
+    )
+    return dixon, lm
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clean_phantom_raises_no_flag(seed: int) -> None:
+    dixon, lm = volumes(make_phantom(seed, **SMALL))
+    flags = qc.assess(dixon, lm, GROUPS)
+    assert not (flags.swap_suspected or flags.missing_labels or flags.geometry), flags.notes
+    metrics = qc.add_flag_columns(quantify(dixon, lm, with_slices=False).metrics, flags)
+    assert not metrics[list(qc.FLAG_COLUMNS)].to_numpy().any()
+    assert (metrics["qc_notes"] == "").all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_regional_swap_is_flagged(seed: int) -> None:
+    p = make_phantom(seed, swap_region=True, **SMALL)
+    flags = qc.assess(*volumes(p), GROUPS)
+    assert flags.swap_suspected
+    assert p.truth["parameters"]["swap_region"]["muscle"] in " ".join(flags.notes)
+    assert flags.muscle_ff_median < 0.5  # a regional swap is invisible to the global median
+
+
+def test_global_swap_is_flagged_by_the_muscle_median() -> None:
+    flags = qc.assess(*volumes(make_phantom(0, **SMALL), swap_channels=True), GROUPS)
+    assert flags.swap_suspected and flags.muscle_ff_median > 0.5
+    assert any("muscle FF median" in n for n in flags.notes)
+
+
+def test_labelled_subcutaneous_fat_with_low_ff_is_flagged() -> None:
+    p = make_phantom(0, **SMALL)
+    dixon, _ = volumes(p)
+    ff = qc.qc_fat_fraction(dixon)
+    ids = {
+        31: "autochthon_left",
+        32: "autochthon_right",
+        33: "iliopsoas_left",
+        34: "iliopsoas_right",
+        50: "subcutaneous_fat",
+    }
+    profile = profile_from_mapping({str(k): v for k, v in ids.items()})
+    good = np.where(np.isin(p.labels, list(ids)), p.labels, 0)
+    good[(good == 0) & (ff > 0.85)] = 50  # real fat
+    _, lm = volumes(p, labels=good, profile=profile)
+    assert not qc.assess(dixon, lm, GROUPS).swap_suspected
+    bad = np.where(np.isin(p.labels, list(ids)), p.labels, 0)
+    bad[(bad == 0) & (ff < 0.2)] = 50  # the 'fat' label sits on water-bright tissue
+    _, lm = volumes(p, labels=bad, profile=profile)
+    flags = qc.assess(dixon, lm, GROUPS)
+    assert flags.swap_suspected and flags.subcutaneous_ff_median < 0.5
+    assert any("subcutaneous fat FF median" in n for n in flags.notes)
+
+
+def test_deleted_and_tiny_labels_are_flagged() -> None:
+    p = make_phantom(0, **SMALL)
+    labels = p.labels.copy()
+    labels[labels == 34] = 0  # iliopsoas_right deleted
+    flags = qc.assess(*volumes(p, labels=labels), GROUPS)
+    assert flags.missing_labels and "iliopsoas_right missing" in flags.notes
+    tiny = p.labels.copy()
+    idx = np.argwhere(tiny == 33)
+    tiny[tiny == 33] = 0
+    tiny[tuple(idx[:3].T)] = 33  # 3 voxels of 0.096 mL
+    flags = qc.assess(*volumes(p, labels=tiny), GROUPS)
+    assert flags.missing_labels and any(n.startswith("iliopsoas_left tiny") for n in flags.notes)
+    assert not qc.assess(*volumes(p, labels=tiny), ("back",)).missing_labels  # psoas not asked for
+
+
+def test_identity_affine_and_anisotropy_are_flagged() -> None:
+    p = make_phantom(0, **SMALL)
+    flags = qc.assess(*volumes(p, affine=np.eye(4)), GROUPS)
+    assert flags.geometry and any("identity affine" in n for n in flags.notes)
+    aniso = make_phantom(0, n_slices=3, voxel_size_mm=(1.5, 1.5, 7.0), supersample=1)
+    flags = qc.assess(*volumes(aniso), GROUPS)
+    assert flags.geometry and any("anisotropy 4.7 > 4" in n for n in flags.notes)
+    assert not qc.assess(*volumes(aniso), GROUPS, qc.QCConfig(max_anisotropy=5.0)).geometry
+
+
+def test_volume_range_flags_rows() -> None:
+    dixon, lm = volumes(make_phantom(0, **SMALL))
+    metrics = quantify(dixon, lm, with_slices=False).metrics
+    back = float(metrics.loc[metrics["group"] == "back", "volume_ml"].iloc[0])
+    config = qc.QCConfig(volume_ranges_ml={"back": (back + 1, back + 1000), "psoas": (1.0, 1e4)})
+    out = qc.add_flag_columns(metrics, qc.assess(dixon, lm, GROUPS, config), config)
+    flagged = set(out.loc[out["qc_volume_out_of_range"], "group"])
+    assert flagged == {"back"}
+    assert "back volume" in out["qc_notes"].iloc[0]
+
+
+def png_text_chunks(data: bytes) -> list[bytes]:
+    chunks, pos = [], 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if kind in (b"tEXt", b"iTXt"):
+            chunks.append(body)
+        if kind == b"zTXt":
+            chunks.append(zlib.decompress(body.split(b"\0", 1)[1][1:]))
+        pos += 12 + length
+    return chunks
+
+
+def test_png_and_html(tmp_path: Path) -> None:
+    p = make_phantom(0, **SMALL)
+    dixon, lm = volumes(p)
+    data = qc.render_png(dixon, lm, tmp_path / "a.png")
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "a.png").read_bytes() == data
+    assert not any(b"Software" in c for c in png_text_chunks(data))
+    entries = [
+        {
+            "participant_id": "A_ok",
+            "flags": {"qc_geometry": False},
+            "notes": "",
+            "png": tmp_path / "a.png",
+        },
+        {
+            "participant_id": "Z_bad",
+            "flags": {"qc_geometry": True},
+            "notes": "identity <affine>",
+            "png": tmp_path / "a.png",
+        },
+    ]
+    page = qc.write_qc_html(
+        tmp_path / "qc.html",
+        entries,
+        failed=[{"participant_id": "F1", "stage": "load", "reason": "truncated"}],
+    )
+    text = page.read_text()
+    assert text.index("Z_bad") < text.index("A_ok")  # flagged first
+    assert text.index("F1") < text.index("Z_bad")
+    assert "identity &lt;affine&gt;" in text
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert len(images) == 2 and base64.b64decode(images[0]) == data
+    assert "src='http" not in text and 'src="http' not in text  # self-contained
