@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[segment,test]"
+	# PyPI's torchvision (pulled in via timm) fails to import beside this torch; myocomp never needs it.
+	$(BIN)/python -m pip uninstall -q -y torchvision
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,157 @@
+"""`myocomp segment` and `myocomp models list|fetch`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from myocomp.cli.app import app
+from myocomp.errors import ConfigError, GeometryError
+
+models_app = typer.Typer(
+    help="Segmentation models: list the registry, fetch weights into the cache.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@app.command("segment")
+def segment_command(
+    model: str = typer.Option(..., "--model", help="nnU-Net v2 results folder or registry name."),
+    image: list[Path] = typer.Option(
+        ...,
+        "--image",
+        help="Input NIfTI, once per model channel in dataset.json channel order "
+        "(e.g. water then fat). A single-channel model given two images gets their sum (W+F).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output label map (.nii.gz), on the input's grid."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
+    folds: str | None = typer.Option(
+        None, "--folds", help="Folds to ensemble, e.g. 0,1 (default all)."
+    ),
+    profile: str = typer.Option(
+        "auto",
+        "--profile",
+        help="Label profile: auto (from dataset.json), a built-in name or a file.",
+    ),
+    orientation: str | None = typer.Option(
+        None,
+        "--orientation",
+        help="Orientation the model expects (e.g. RAS, LPS); default registry/RAS.",
+    ),
+    mirroring: bool = typer.Option(
+        True,
+        "--mirroring/--no-mirroring",
+        help="Test-time mirroring where the checkpoint allows it.",
+    ),
+) -> None:
+    """Segment an image with an nnU-Net v2 model; the label map overlays the input file."""
+    import numpy as np
+
+    from myocomp.imaging.dixon import load_nifti, same_grid
+    from myocomp.imaging.labels import (
+        get_profile,
+        labelmap_from_array,
+        profile_from_dataset_json,
+        save_labels,
+    )
+    from myocomp.segment.models import resolve_model
+    from myocomp.segment.nnunet import load_model_spec, segment_arrays
+
+    model_dir = resolve_model(model)
+    spec = load_model_spec(model_dir, orientation)
+    imgs = [load_nifti(p, role=f"image {i}") for i, p in enumerate(image)]
+    ref = imgs[0]
+    for path, img in zip(image[1:], imgs[1:], strict=True):
+        if img.shape != ref.shape or not same_grid(img.affine, ref.affine):
+            raise GeometryError(f"not on the grid of {image[0]} (shape/affine differ)", source=path)
+    arrays = [np.asarray(img.dataobj, dtype=np.float32) for img in imgs]
+    n_model = len(spec.channel_names)
+    if n_model == 1 and len(arrays) == 2:
+        arrays = [arrays[0] + arrays[1]]
+        typer.echo(f"channel 0 ({spec.channel_names[0]}) <- {image[0]} + {image[1]}", err=True)
+    elif len(arrays) != n_model:
+        raise ConfigError(
+            f"model {model} expects {n_model} image(s) in this order: {list(spec.channel_names)}; "
+            f"got {len(arrays)}"
+        )
+    else:
+        for i, (name, path) in enumerate(zip(spec.channel_names, image, strict=True)):
+            typer.echo(f"channel {i} ({name}) <- {path}", err=True)
+    if profile == "auto":
+        prof = profile_from_dataset_json(spec.dataset_json)
+    else:
+        prof = get_profile(profile)
+    labels = segment_arrays(
+        arrays,
+        ref.affine,
+        spec.path,
+        device,
+        folds,
+        mirroring=mirroring,
+        input_axcodes=spec.input_axcodes,
+    )
+    labelmap_from_array(labels, ref.affine, prof, source=str(out))  # ids known, muscles present
+    written = save_labels(labels, ref.affine, out)
+    ids, counts = np.unique(labels[labels != 0], return_counts=True)
+    summary = ", ".join(
+        f"{prof.ids.get(int(i), i)}={int(c)}" for i, c in zip(ids, counts, strict=True)
+    )
+    typer.echo(f"wrote {written} ({summary} voxels); profile for quantify: {spec.dataset_json}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Supported models: name, installed?, licence, source."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from myocomp.segment.models import cache_dir, list_models
+
+    table = Table(title=f"models (cache: {cache_dir() / 'models'})")
+    for col in ("name", "installed", "licence", "source"):
+        table.add_column(col, overflow="fold")
+    for row in list_models():
+        table.add_row(row["name"], row["installed"] or "no", row["licence"], row["source"])
+    Console(width=160).print(table)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument(..., help="Registry name (see `myocomp models list`)."),
+    to: Path | None = typer.Option(None, "--to", help="Install folder (default: the cache)."),
+    from_file: Path | None = typer.Option(
+        None, "--from-file", help="Install from a local copy of the archive (no network)."
+    ),
+    url: str | None = typer.Option(None, "--url", help="Download from this URL (mirror) instead."),
+    sha256: str | None = typer.Option(None, "--sha256", help="Expected SHA-256 (e.g. a mirror's)."),
+    force: bool = typer.Option(False, "--force", help="Reinstall even if installed."),
+) -> None:
+    """Download (or unpack) a model's published archive, verify it, install it; print its licence."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from myocomp.segment.models import fetch_model
+
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"fetching {name}", total=None)
+
+        def report(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = fetch_model(
+            name, to=to, from_file=from_file, url=url, sha256=sha256, force=force, progress=report
+        )
+    if result.already_installed:
+        typer.echo(f"already installed (use --force to reinstall)\n{result.message()}")
+    else:
+        typer.echo(f"installed\n{result.message()}")
