@@ -81,6 +81,26 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     return path
 
 
+def write_bytes(payload: bytes, path: str | Path) -> Path:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 150) -> Path:
+    """Save a matplotlib figure atomically; the format follows the suffix (png, svg, pdf).
+
+    PNGs carry no software/time metadata, so the same figure gives the same bytes.
+    """
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
+                    metadata={"Software": None} if fmt == "png" else None)
+    return path
+
+
 def write_text(text: str, path: str | Path) -> Path:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

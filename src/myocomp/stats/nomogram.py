@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from myocomp.errors import ConfigError, DataError
+from myocomp.io import save_figure
 
 __all__ = [
     "Nomogram",
@@ -511,9 +511,9 @@ class Nomogram:
         with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays editable
             fig = _draw(self, outcome_label, probability_ticks, title)
             try:
-                _save_atomic(fig, Path(path_png), "png", dpi)
+                save_figure(fig, Path(path_png), dpi)
                 if path_svg is not None:
-                    _save_atomic(fig, Path(path_svg), "svg", dpi)
+                    save_figure(fig, Path(path_svg), dpi)
             finally:
                 plt.close(fig)
 
@@ -524,18 +524,6 @@ def _hashable(v: Any) -> bool:
     except TypeError:
         return False
     return True
-
-
-def _save_atomic(fig: Any, path: Path, fmt: str, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(v: Any) -> str:

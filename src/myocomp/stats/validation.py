@@ -16,11 +16,9 @@ length; larger scores mean the outcome is more likely.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from myocomp.errors import ConfigError, DataError
+from myocomp.io import save_figure
 
 __all__ = [
     "AUCResult",
@@ -555,18 +554,6 @@ def validate_logistic(
 
 
 # figures -----------------------------------------------------------------------------------
-def _save_atomic(fig: Any, path: str | os.PathLike[str], dpi: int) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pyplot() -> Any:
@@ -626,7 +613,7 @@ def plot_calibration(
         if title:
             ax.set_title(title)
         fig.tight_layout()
-        _save_atomic(fig, path, dpi)
+        save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
 
@@ -662,7 +649,7 @@ def plot_roc(
         if title:
             ax.set_title(title)
         fig.tight_layout()
-        _save_atomic(fig, path, dpi)
+        save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
     return res

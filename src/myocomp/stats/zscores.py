@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,17 +201,9 @@ class ZScoreModel:
 
     def save(self, path: str | Path) -> Path:
         """Write the model as JSON (atomically) and return the path."""
-        path = Path(path)
-        payload = json.dumps(self.to_dict(), indent=2, sort_keys=False).encode()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from myocomp.io import write_text
+
+        return write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False), path)
 
     @classmethod
     def load(cls, path: str | Path) -> ZScoreModel:

@@ -7,7 +7,6 @@ the path written.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +43,12 @@ def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 150) -> Path:
     """Save ``fig`` atomically (format from the suffix) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    from myocomp import io
+
     try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight",
-                    metadata={"Software": None} if path.suffix == ".png" else None)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return io.save_figure(fig, Path(path), dpi=dpi)
     finally:
         plt.close(fig)
-    return path
 
 
 def _p_text(p: float) -> str:

@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +62,7 @@ import pandas as pd
 from scipy import optimize, special
 
 from myocomp.errors import ConfigError, InputFileError
+from myocomp.io import write_bytes
 
 __all__ = [
     "CohortParameters",
@@ -322,17 +321,6 @@ def _true_parameters(p: CohortParameters, b0: float, site_effects: np.ndarray,
     }
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_cohort(cohort: SyntheticCohort, path: str | Path) -> tuple[Path, Path]:
     """Write the cohort (.parquet, .csv or .tsv by suffix) and ``true_parameters.json`` beside it.
 
@@ -352,8 +340,8 @@ def write_cohort(cohort: SyntheticCohort, path: str | Path) -> tuple[Path, Path]
     else:
         sep = "," if suffix == ".csv" else "\t"
         payload = cohort.data.to_csv(index=False, sep=sep, lineterminator="\n").encode()
-    _atomic_write_bytes(path, payload)
+    write_bytes(payload, path)
     params_path = path.parent / "true_parameters.json"
     text = json.dumps(cohort.true_parameters, indent=2, sort_keys=False) + "\n"
-    _atomic_write_bytes(params_path, text.encode())
+    write_bytes(text.encode(), params_path)
     return path, params_path
