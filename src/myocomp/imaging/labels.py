@@ -315,11 +315,13 @@ class LabelMap:
 
 
 def present_label_ids(data: np.ndarray) -> np.ndarray:
-    """Sorted non-zero label ids present in ``data`` (bincount: linear time on whole-body maps)."""
+    """Sorted non-zero label ids present in ``data`` (one linear pass on whole-body maps)."""
     lo, hi = int(data.min(initial=0)), int(data.max(initial=0))
     if lo >= 0 and hi < 2**20:
-        counts = np.bincount(data.ravel(order="K"), minlength=hi + 1)
-        return np.flatnonzero(counts[1:]) + 1
+        seen = np.zeros(hi + 1, dtype=bool)
+        seen[data.ravel(order="K")] = True  # "K": no copy of Fortran-ordered NIfTI data
+        seen[0] = False
+        return np.flatnonzero(seen)
     present = np.unique(data)
     return present[present != 0]
 
@@ -361,7 +363,8 @@ def labelmap_from_array(
         not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data))
     ):
         raise LabelError("label map holds non-integer values", source=source)
-    data = data.astype(np.int32, copy=False)
+    if not np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.int32)
     data, new_affine = canonical(data, np.asarray(affine, dtype=float))
     if reference is not None:
         if data.shape != reference.shape:
