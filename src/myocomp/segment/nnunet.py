@@ -442,7 +442,12 @@ def segment_dixon(
     profile is derived from dataset.json's label names unless ``profile`` (a LabelProfile, a
     built-in profile name or a mapping/dataset.json path) is given.
     """
-    from myocomp.imaging.labels import get_profile, labelmap_from_array, profile_from_dataset_json
+    from myocomp.imaging.labels import (
+        get_profile,
+        labelmap_from_array,
+        present_label_ids,
+        profile_from_dataset_json,
+    )
     from myocomp.segment.models import resolve_model
 
     spec = load_model_spec(resolve_model(model), input_axcodes)
@@ -461,7 +466,7 @@ def segment_dixon(
         mirroring=mirroring,
         input_axcodes=spec.input_axcodes,
     )
-    unknown = sorted(set(np.unique(data).tolist()) - set(prof.ids) - {0})
+    unknown = sorted(set(present_label_ids(data).tolist()) - set(prof.ids))
     if unknown:
         raise LabelError(f"model produced label ids {unknown} that profile {prof.name!r} lacks")
     return labelmap_from_array(data, dixon.affine, prof, reference=dixon)
