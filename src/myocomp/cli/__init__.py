@@ -10,15 +10,9 @@ import sys
 
 import typer
 
+from myocomp.cli import batch, demo, imaging, phantom, segment, study  # noqa: F401 (register commands)
 from myocomp.cli.app import app
 from myocomp.errors import MyocompError
-
-for _module in ("imaging", "phantom", "study", "batch", "segment", "demo"):
-    try:
-        __import__(f"myocomp.cli.{_module}")
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"myocomp.cli.{_module}":
-            raise
 
 
 def main(argv: list[str] | None = None) -> int:
