@@ -44,6 +44,10 @@ def test_real_data_volumes_equal_an_independent_voxel_count(shared_data, tmp_pat
     assert (m["participant_id"] == "ts1").all()
     slices = pd.read_csv(tmp_path / "s.csv")
     assert set(slices["muscle"]) == {"back", "psoas", *expected}
+    # a group the label map does not contain is named as such (not a mixture-fit failure)
+    code, _, err = run(["quantify", "--water", str(image), "--labels", str(seg), "--profile", "total_mr",
+                        "--groups", "gluteal", "--out", str(tmp_path / "g.csv")], capsys)
+    assert code == 2 and "none of the groups gluteal has any voxel" in err
 
 
 def test_dixon_quantify_writes_all_formats(tmp_path, capsys):

@@ -396,6 +396,8 @@ def quantify(
     else:
         image = dixon.water[box]
         inside = np.isin(labels, [i for i in muscle_ids if names[i] in _entity_muscles(names, groups)])
+        if not inside.any():
+            raise LabelError(f"none of the groups {', '.join(groups)} has any voxel in the label map")
         ff = gmm_fat_probability(image, image[inside], fat_is_bright=fat_is_bright)
         floor = float("nan")
         method = "single_contrast_gmm (approximate)"
