@@ -43,6 +43,7 @@ __all__ = [
     "plot_roc",
     "roc_curve",
     "validate_logistic",
+    "logistic_newton",
 ]
 
 _EPS = 1e-12  # probabilities are clipped to [eps, 1 - eps] before taking logits
@@ -322,14 +323,24 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def _intercept_with_offset(y: np.ndarray, offset: np.ndarray) -> tuple[float, float]:
     """Maximum likelihood ``a`` of ``logit P(y=1) = a + offset`` and its standard error.
 
-    The score ``sum(y - expit(a + offset))`` decreases in ``a``; its root is found by bracketing
-    (robust to offsets of +/-27 from near-0/1 predictions, where IRLS can diverge)."""
+    The score ``sum(y - expit(a + offset))`` decreases in ``a``. Newton steps find its root in
+    a few iterations; where they do not converge (offsets of +/-27 from near-0/1 predictions can
+    make them diverge) the root is found by bracketing."""
     from scipy.optimize import brentq
     from scipy.special import expit
 
     def score(a: float) -> float:
         return float(np.sum(y - expit(a + offset)))
 
+    a = 0.0
+    for _ in range(30):
+        q = expit(a + offset)
+        step = float(np.sum(y - q) / max(np.sum(q * (1 - q)), 1e-300))
+        a += step
+        if not np.isfinite(a) or abs(a) > 1e4:
+            break
+        if abs(step) < 1e-12 * (1 + abs(a)):
+            return a, float(1.0 / np.sqrt(np.sum(q * (1 - q))))
     lo, hi = -1.0, 1.0
     while score(lo) < 0 and lo > -1e4:
         lo *= 2
@@ -340,28 +351,65 @@ def _intercept_with_offset(y: np.ndarray, offset: np.ndarray) -> tuple[float, fl
     return a, float(1.0 / np.sqrt(np.sum(q * (1 - q))))
 
 
+def logistic_newton(
+    X: np.ndarray, y: np.ndarray, beta0: np.ndarray | None = None, tol: float = 1e-9, maxiter: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood logistic regression by Newton-Raphson: ``(beta, covariance)``.
+
+    ``X``: (n, p) design (with an intercept column if wanted); ``y``: (n,) 0/1. The covariance is
+    the inverse information at the estimate. A start ``beta0`` that fails is retried from zero.
+    Raises ``np.linalg.LinAlgError`` on a singular information matrix or no convergence (e.g.
+    separation).
+    """
+    if beta0 is not None:
+        try:
+            return _newton(X, y, np.array(beta0, float), tol, maxiter)
+        except np.linalg.LinAlgError:
+            pass
+    return _newton(X, y, np.zeros(X.shape[1]), tol, maxiter)
+
+
+def _newton(
+    X: np.ndarray, y: np.ndarray, beta: np.ndarray, tol: float, maxiter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import linalg
+    from scipy.special import expit
+
+    for _ in range(maxiter):
+        p = expit(X @ beta)
+        info = (X * (p * (1.0 - p))[:, None]).T @ X
+        try:
+            step = linalg.solve(info, X.T @ (y - p), assume_a="pos")
+        except (linalg.LinAlgError, ValueError) as exc:
+            raise np.linalg.LinAlgError(str(exc)) from None
+        beta = beta + step
+        if not np.all(np.isfinite(beta)):
+            break
+        if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
+            p = expit(X @ beta)
+            info = (X * (p * (1.0 - p))[:, None]).T @ X
+            return beta, np.linalg.inv(info)
+    raise np.linalg.LinAlgError("logistic Newton iterations did not converge (separation?)")
+
+
 def calibration_slope_intercept(y: Any, p: Any) -> CalibrationFit:
     """Calibration slope and calibration-in-the-large of probabilities ``p`` by maximum
-    likelihood (slope: statsmodels ``Logit`` of ``y`` on ``[1, logit(p)]``; intercept: ``logit(p)``
+    likelihood (slope: logistic regression of ``y`` on ``[1, logit(p)]``; intercept: ``logit(p)``
     as offset). ``p`` is clipped to [1e-12, 1 - 1e-12] before the logit."""
-    import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import PerfectSeparationError
-
     yy = _outcome(y)
     lp = _logit(_probabilities(p, len(yy)))
     if yy.min() == yy.max():
         raise DataError("calibration needs both events and non-events")
     try:
-        design = np.column_stack([np.ones(len(yy)), lp])
-        slope_fit = sm.Logit(yy, design, check_rank=False).fit(disp=0, method="newton", maxiter=100)
-    except (np.linalg.LinAlgError, PerfectSeparationError) as exc:
+        beta, cov = logistic_newton(np.column_stack([np.ones(len(yy)), lp]), yy.astype(float), np.array([0.0, 1.0]))
+    except np.linalg.LinAlgError as exc:
         raise DataError(f"calibration slope cannot be fitted: {exc}") from exc
     intercept, intercept_se = _intercept_with_offset(yy.astype(float), lp)
     return CalibrationFit(
         intercept=intercept,
         intercept_se=intercept_se,
-        slope=float(slope_fit.params[1]),
-        slope_se=float(slope_fit.bse[1]),
+        slope=float(beta[1]),
+        slope_se=float(np.sqrt(cov[1, 1])),
     )
 
 
@@ -516,12 +564,12 @@ def validate_logistic(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> BootstrapValidation:
-    """:func:`bootstrap_validation` of a fixed-effects logistic model (statsmodels ``Logit``)
-    given by a patsy ``formula``, on the complete cases of its variables. The design matrix is
-    built once and resampled, so this is much faster than refitting the formula each time;
-    resampling uses the same rows and random numbers as :func:`bootstrap_validation`."""
+    """:func:`bootstrap_validation` of a fixed-effects logistic model given by a patsy
+    ``formula``, on the complete cases of its variables. The design matrix is built once and
+    resampled, and each replicate is fitted by :func:`logistic_newton` (the same estimates as
+    statsmodels ``Logit``), so B = 200 on 27,518 people takes seconds; resampling uses the same
+    rows and random numbers as :func:`bootstrap_validation`."""
     import patsy
-    import statsmodels.api as sm
 
     try:
         yd, xd = patsy.dmatrices(formula, data, NA_action="drop", return_type="dataframe")
@@ -532,22 +580,24 @@ def validate_logistic(
     y = _outcome(yd.iloc[:, 0].to_numpy(), "outcome")
     x = xd.to_numpy(dtype=float)
 
-    def fit_predict(rows: np.ndarray) -> np.ndarray:
+    yf = y.astype(float)
+
+    def fit_predict(rows: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
         xb = x[rows]
         if np.linalg.matrix_rank(xb.T @ xb) < x.shape[1]:  # e.g. a rare level not drawn
             raise np.linalg.LinAlgError("design matrix of the resample is rank deficient")
-        res = sm.Logit(y[rows], xb, check_rank=False).fit(disp=0, maxiter=200)
-        return res.params
+        return logistic_newton(xb, yf[rows], start)[0]
 
     def prob(beta: np.ndarray, xx: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(xx @ beta)))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    try:
         beta0 = fit_predict(np.arange(len(y)))
+    except np.linalg.LinAlgError as exc:
+        raise DataError(f"formula {formula!r}: the logistic model cannot be fitted ({exc})") from exc
 
     def fit_eval(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        beta = fit_predict(idx)
+        beta = fit_predict(idx, beta0)
         return prob(beta, x[idx]), prob(beta, x)
 
     return _run_bootstrap(y, prob(beta0, x), fit_eval, B, seed, progress)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, special, stats
+from scipy import special, stats
 
 from myocomp.errors import DataError, MyocompError
 from myocomp.study.phenotypes import StudyConfig
@@ -44,8 +44,6 @@ __all__ = [
     "symptom_burden",
     "ordinal_sensitivity",
     "interaction_analysis",
-    "logistic_newton",
-    "fast_bootstrap_validation",
     "nomogram_analysis",
 ]
 
@@ -543,99 +541,7 @@ def interaction_analysis(d: pd.DataFrame, nagq: int = 1, grid: int = 41
 # ------------------------------------------------------------------------------------------
 # nomogram and validation
 # ------------------------------------------------------------------------------------------
-def logistic_newton(X: np.ndarray, y: np.ndarray, beta0: np.ndarray | None = None,
-                    tol: float = 1e-9, maxiter: int = 50) -> np.ndarray:
-    """Maximum-likelihood logistic regression coefficients by Newton-Raphson.
-
-    ``X``: (n, p) design (with an intercept column if wanted); ``y``: (n,) 0/1. Raises
-    ``np.linalg.LinAlgError`` on a singular information matrix or no convergence (e.g.
-    separation)."""
-    beta = np.zeros(X.shape[1]) if beta0 is None else np.array(beta0, float)
-    for _ in range(maxiter):
-        p = special.expit(X @ beta)
-        w = p * (1.0 - p)
-        info = (X * w[:, None]).T @ X
-        step = linalg.solve(info, X.T @ (y - p), assume_a="pos")
-        beta = beta + step
-        if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
-            return beta
-    raise np.linalg.LinAlgError("logistic Newton iterations did not converge")
-
-
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    m = y.sum()
-    n = len(y) - m
-    ranks = stats.rankdata(score)
-    return float((ranks[y == 1].sum() - m * (m + 1) / 2.0) / (m * n))
-
-
-def _calibration(y: np.ndarray, lp: np.ndarray) -> tuple[float, float]:
-    """(slope, calibration-in-the-large) of linear predictor ``lp`` against 0/1 ``y``."""
-    X = np.column_stack([np.ones_like(lp), lp])
-    slope = logistic_newton(X, y, np.array([0.0, 1.0]))[1]
-    a = 0.0
-    for _ in range(50):
-        p = special.expit(a + lp)
-        step = (y - p).sum() / (p * (1 - p)).sum()
-        a += step
-        if abs(step) < 1e-10:
-            break
-    return float(slope), float(a)
-
-
-def _indexes(y: np.ndarray, lp: np.ndarray) -> dict[str, float]:
-    slope, intercept = _calibration(y, lp)
-    p = special.expit(lp)
-    return {"c_index": _auc(y, lp), "calibration_slope": slope,
-            "calibration_intercept": intercept, "brier": float(np.mean((p - y) ** 2))}
-
-
 _VAL_METRICS = ("c_index", "calibration_slope", "calibration_intercept", "brier")
-
-
-def fast_bootstrap_validation(X: np.ndarray, y: np.ndarray, B: int = 200, seed: int = 0,
-                              progress: Callable[[int, int], None] | None = None
-                              ) -> pd.DataFrame:
-    """Harrell's optimism bootstrap of a logistic model given as a design matrix.
-
-    Same procedure and random rows as :func:`myocomp.stats.validation.validate_logistic`
-    (replicate b draws ``rng.integers(0, n, n)`` from ``default_rng(seed)``) but with a
-    Newton fit in numpy, so B = 200 on 27,518 people takes seconds. Returns the table indexed
-    by metric (c_index, calibration_slope, calibration_intercept, brier) with columns apparent,
-    training, test, optimism, corrected, n.
-    """
-    y = np.asarray(y, float)
-    n = len(y)
-    beta_full = logistic_newton(X, y)
-    apparent = _indexes(y, X @ beta_full)
-    rng = np.random.default_rng(seed)
-    train: list[dict[str, float]] = []
-    test: list[dict[str, float]] = []
-    for b in range(int(B)):
-        idx = rng.integers(0, n, n)
-        yb = y[idx]
-        if yb.min() != yb.max():
-            try:
-                beta = logistic_newton(X[idx], yb, beta_full)
-                tr, te = _indexes(yb, X[idx] @ beta), _indexes(y, X @ beta)
-                train.append(tr)
-                test.append(te)
-            except np.linalg.LinAlgError:
-                pass
-        if progress is not None:
-            progress(b + 1, int(B))
-    table = pd.DataFrame(index=pd.Index(_VAL_METRICS, name="metric"))
-    table["apparent"] = [apparent[k] for k in _VAL_METRICS]
-    if train:
-        table["training"] = [np.mean([r[k] for r in train]) for k in _VAL_METRICS]
-        table["test"] = [np.mean([r[k] for r in test]) for k in _VAL_METRICS]
-    else:
-        table["training"] = np.nan
-        table["test"] = np.nan
-    table["optimism"] = table["training"] - table["test"]
-    table["corrected"] = table["apparent"] - table["optimism"]
-    table["n"] = len(train)
-    return table
 
 
 @dataclass
@@ -692,6 +598,7 @@ def nomogram_analysis(d: pd.DataFrame, B: int = 200, seed: int = 0,
         calibration_curve,
         calibration_slope_intercept,
         delong_auc,
+        validate_logistic,
     )
 
     formula = main_formula("cbp", MARKERS, COVARIATES)
@@ -706,7 +613,7 @@ def nomogram_analysis(d: pd.DataFrame, B: int = 200, seed: int = 0,
     X = x_df.to_numpy(float)
     lp = X @ result.params.reindex(x_df.columns).to_numpy()
     prob = special.expit(lp)
-    boot = fast_bootstrap_validation(X, y, B=B, seed=seed, progress=progress) if B > 0 else (
+    boot = validate_logistic(formula, cc, B=B, seed=seed, progress=progress).table if B > 0 else (
         pd.DataFrame({"apparent": np.nan, "training": np.nan, "test": np.nan,
                       "optimism": np.nan, "corrected": np.nan, "n": 0},
                      index=pd.Index(_VAL_METRICS, name="metric")))
