@@ -66,10 +66,10 @@ def batch(
         None, "--scheduler", help="Address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786."
     ),
     slurm: Path | None = typer.Option(
-        None, "--slurm", help="TOML file with a \\[slurm] table: run on SLURM via dask-jobqueue."
+        None, "--slurm", help="TOML file with a [slurm] table: run on SLURM via dask-jobqueue."
     ),
     config: Path | None = typer.Option(
-        None, "--config", help="TOML file with a \\[batch] table of defaults for these options."
+        None, "--config", help="TOML file with a [batch] table of defaults for these options."
     ),
     resume: bool = typer.Option(
         False,
