@@ -30,10 +30,11 @@ SECTIONS: tuple[str, ...] = (
 METRIC_DEFINITIONS: tuple[tuple[str, str, str], ...] = (
     ("volume_ml", "mL", "voxel count of the muscle group × voxel volume"),
     ("ff_mean", "0–1", "mean fat fraction FF = F / (W + F) over the valid voxels of the group"),
-    ("lean_volume_ml", "mL", "fat-free muscle volume: Σ over voxels with FF < τ (τ = 0.5) of "
-     "voxel volume × (1 − FF)"),
+    ("lean_volume_ml", "mL", "fat-free muscle volume: Σ over voxels with FF < τ of voxel volume "
+     "× (1 − FF); τ is the fat threshold the metrics were computed with (myocomp default 0.5, "
+     "recorded in each participant's provenance.json)"),
     ("intermat_volume_ml", "mL", "adipose volume in and around the group: voxels with FF ≥ τ in "
-     "the group ∪ band (band_mm = 0 by default)"),
+     "the group ∪ band (the band_mm of the metrics run; myocomp default 0: no band)"),
     ("intermat_fraction", "0–1", "intermat_volume_ml / volume of the group ∪ band"),
     ("lmm", "mL·m²/kg", "lean muscle mass index = lean_volume_ml / BMI (recomputed from the "
      "phenotype BMI)"),
