@@ -25,7 +25,14 @@ import pandas as pd
 from scipy import ndimage
 
 from myocomp.errors import DataError, GeometryError, LabelError
-from myocomp.imaging.dixon import DixonVolume, default_noise_floor, fat_fraction, same_grid
+from myocomp.imaging.dixon import (
+    DixonVolume,
+    default_noise_floor,
+    fat_fraction,
+    same_grid,
+    voxel_spacing,
+    voxel_volume_ml,
+)
 from myocomp.imaging.labels import LabelMap, group_members, is_muscle
 
 METRIC_COLUMNS = (
@@ -81,6 +88,13 @@ def _entities(names: dict[int, str], present: set[int], groups: tuple[str, ...])
     return entities
 
 
+def _member_mask(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Boolean array: which elements of ``labels`` are one of ``ids`` (one table lookup)."""
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    lut[[i for i in ids if 0 <= i < lut.size]] = True
+    return lut[np.clip(labels, 0, None)]
+
+
 @dataclass
 class _Sums:
     """Per-label sums over the voxels of each muscle label (arrays indexed by label id)."""
@@ -94,14 +108,12 @@ class _Sums:
 
 
 def _label_sums(ff: np.ndarray, labels: np.ndarray, ids: list[int], fat_threshold: float) -> _Sums:
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-    lut[[i for i in ids if i < lut.size]] = True
     flat_labels = labels.ravel()
-    idx = np.flatnonzero(lut[np.clip(flat_labels, 0, None)])
+    idx = np.flatnonzero(_member_mask(flat_labels, ids))
     lab = flat_labels[idx]
     f = ff.ravel()[idx].astype(np.float64)
     valid = np.isfinite(f)
-    size = lut.size
+    size = int(labels.max(initial=0)) + 1
     lab_v, f_v = lab[valid], f[valid]
     fat = f_v >= fat_threshold
     sums = _Sums(
@@ -240,8 +252,7 @@ def slice_profile(
     labels = np.asarray(labels)
     nx, ny, nz = labels.shape
     affine = np.asarray(affine, dtype=float)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    area_cm2 = abs(np.linalg.det(affine[:3, :3])) / spacing[2] / 100.0
+    area_cm2 = voxel_volume_ml(affine) * 10.0 / voxel_spacing(affine)[2]
     muscle_ids = sorted(i for i, n in names.items() if is_muscle(n))
     lut = np.full(int(labels.max(initial=0)) + 1, -1, dtype=np.int64)
     known = [i for i in muscle_ids if i < lut.size]
@@ -340,9 +351,7 @@ class QuantifyResult:
 
 
 def _muscle_box(labels: np.ndarray, ids: list[int], margin: tuple[int, int, int]) -> tuple[slice, ...]:
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-    lut[[i for i in ids if i < lut.size]] = True
-    mask = lut[np.clip(labels, 0, None)]
+    mask = _member_mask(labels, ids)
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)

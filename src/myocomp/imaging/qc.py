@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from myocomp.imaging.dixon import voxel_spacing
+
 FLAG_COLUMNS = ("qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry")
 
 #: Plausible volume ranges (mL) of whole-body scans; configure for partial fields of view.
@@ -169,8 +171,8 @@ def check_geometry(affine: np.ndarray, max_anisotropy: float = 4.0) -> list[str]
     notes = []
     if np.allclose(affine, np.eye(4)):
         notes.append("identity affine (no geometry in the header?)")
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    ratio = float(spacing.max() / spacing.min())
+    spacing = voxel_spacing(affine)
+    ratio = max(spacing) / min(spacing)
     if ratio > max_anisotropy:
         notes.append(f"voxel anisotropy {ratio:.1f} > {max_anisotropy:g}")
     return notes

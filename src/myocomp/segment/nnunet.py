@@ -47,6 +47,7 @@ from nibabel.orientations import (
 )
 
 from myocomp.errors import ConfigError, GeometryError, InputFileError, LabelError
+from myocomp.imaging.dixon import voxel_spacing
 
 if TYPE_CHECKING:  # pragma: no cover
     from myocomp.imaging.dixon import DixonVolume
@@ -352,10 +353,6 @@ def channel_arrays(dixon: DixonVolume, channel_names: Sequence[str]) -> list[np.
     return out
 
 
-def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-
-
 def segment_arrays(
     channels: Sequence[np.ndarray],
     affine: np.ndarray,
@@ -400,7 +397,7 @@ def segment_arrays(
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise GeometryError("affine must be a finite 4x4 matrix")
-    zooms = _voxel_sizes(affine)
+    zooms = np.asarray(voxel_spacing(affine))
     if np.any(zooms <= 0):
         raise GeometryError("affine has a zero-length voxel axis")
 

@@ -78,8 +78,9 @@ class Phantom:
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
         """Voxel edge lengths (mm) along the stored array axes."""
-        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(norms[0]), float(norms[1]), float(norms[2]))
+        from myocomp.imaging.dixon import voxel_spacing
+
+        return voxel_spacing(self.affine)
 
 
 def _check_options(
