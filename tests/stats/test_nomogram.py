@@ -265,29 +265,6 @@ def test_model_matches_direct_statsmodels_fit(cohort, fitted):
     np.testing.assert_allclose(res.params, direct.params, rtol=1e-8)
 
 
-def test_plot_png_and_svg(tmp_path, fitted):
-    nomo, _ = fitted
-    png, svg = tmp_path / "fig" / "nomogram.png", tmp_path / "fig" / "nomogram.svg"
-    nomo.plot(png, svg, outcome_label="Probability of CBP")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = svg.read_text()
-    assert "<svg" in text
-    for label in (
-        "Points",
-        "Total Points",
-        "Linear Predictor",
-        "Probability of CBP",
-        "Z InterMAT",
-        "female",
-    ):
-        assert f">{label}<" in text
-    import matplotlib.image as mpimg
-
-    img = mpimg.imread(png)
-    assert img.shape[1] > 1000 and img.shape[0] > 600
-    assert sorted(p.name for p in png.parent.iterdir()) == ["nomogram.png", "nomogram.svg"]
-
-
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore::statsmodels.tools.sm_exceptions.ConvergenceWarning")
 def test_separated_model_warns(cohort):

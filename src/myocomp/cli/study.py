@@ -1,4 +1,5 @@
-"""`myocomp study`, `myocomp synth-cohort`, `myocomp predict`: the CBP study from the CLI."""
+"""`myocomp study`, `myocomp synth-cohort`, `myocomp predict`, `myocomp calculator`: the CBP study
+from the CLI."""
 
 from __future__ import annotations
 
@@ -70,6 +71,18 @@ def synth_cohort(
     d = cohort.data
     _console().print(f"wrote {data_path} ({len(d):,} participants, CBP "
                      f"{100 * d['cbp'].mean():.1f} %) and {params_path}")
+
+
+@app.command()
+def calculator(
+    model: Path = typer.Option(..., "--model", help="model.json written by `myocomp study`."),
+    out: Path = typer.Option(..., "--out", help="The page to write (e.g. calculator.html): one self-contained HTML file, no network needed."),
+) -> None:
+    """Write the risk-calculator page of a saved model (what `myocomp study` writes as calculator.html)."""
+    from myocomp.study.calculator import write_calculator
+
+    path = write_calculator(model, out)
+    _console().print(f"wrote {path} ({path.stat().st_size / 1000:.0f} kB)")
 
 
 @app.command()

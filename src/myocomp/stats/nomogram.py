@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from myocomp.errors import ConfigError, DataError
-from myocomp.io import save_figure
 
 __all__ = [
     "Nomogram",
@@ -40,9 +37,6 @@ __all__ = [
 
 _FORMAT = "myocomp.nomogram"
 _VERSION = 1
-DEFAULT_PROBABILITY_TICKS: tuple[float, ...] = (
-    0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99,
-)  # fmt: skip
 
 
 def _py(value: Any) -> Any:
@@ -397,12 +391,17 @@ class Nomogram:
 
     # tables -------------------------------------------------------------------------------
     def axis_values(self, spec: PredictorSpec) -> list[Any]:
-        """The values shown on a predictor's axis (ticks or levels)."""
+        """The values shown on a predictor's axis (ticks or levels).
+
+        Continuous axes without explicit ticks get round values over their whole range: about 5
+        intervals on short axes (every 1 unit on a Z-score axis over the 1st-99th percentile),
+        up to 12 on the longest (one interval per ~8 points).
+        """
         if spec.kind == "categorical":
             return list(spec.levels)
         if spec.ticks is not None:
             return list(spec.ticks)
-        n = int(np.clip(round(float(self.max_points[spec.name]) / 6.0), 3, 12))
+        n = int(np.clip(round(float(self.max_points[spec.name]) / 8.0), 5, 12))
         return [float(t) for t in nice_ticks(spec.low, spec.high, n)]  # type: ignore[arg-type]
 
     def points_table(self) -> pd.DataFrame:
@@ -490,33 +489,6 @@ class Nomogram:
                 )
         return nomo
 
-    # figure -------------------------------------------------------------------------------
-    def plot(
-        self,
-        path_png: str | os.PathLike[str],
-        path_svg: str | os.PathLike[str] | None = None,
-        *,
-        outcome_label: str = "Probability",
-        probability_ticks: Sequence[float] = DEFAULT_PROBABILITY_TICKS,
-        title: str | None = None,
-        dpi: int = 150,
-    ) -> None:
-        """Draw the classic nomogram (Points, one axis per predictor, Total Points, Linear
-        Predictor, probability) to a PNG (and optionally an SVG), written atomically."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays editable
-            fig = _draw(self, outcome_label, probability_ticks, title)
-            try:
-                save_figure(fig, Path(path_png), dpi)
-                if path_svg is not None:
-                    save_figure(fig, Path(path_svg), dpi)
-            finally:
-                plt.close(fig)
-
 
 def _hashable(v: Any) -> bool:
     try:
@@ -524,119 +496,6 @@ def _hashable(v: Any) -> bool:
     except TypeError:
         return False
     return True
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _draw_axis(
-    ax: Any,
-    y: float,
-    xs: Sequence[float],
-    labels: Sequence[str],
-    fontsize: float,
-    span: tuple[float, float] | None = None,
-    minor: Sequence[float] = (),
-) -> None:
-    """One horizontal axis at height ``y``: a line, ticks at ``xs`` and labels above them;
-    labels too close to their left neighbour drop below the line."""
-    lo, hi = span if span is not None else (min(xs), max(xs))
-    ax.plot([lo, hi], [y, y], color="black", lw=0.9, solid_capstyle="butt")
-    for x in minor:
-        ax.plot([x, x], [y, y + 0.07], color="black", lw=0.6)
-    order = np.argsort(xs, kind="stable")
-    last_above = -np.inf
-    for i in order:
-        x, text = xs[i], labels[i]
-        half = 0.45 * fontsize / 10 * max(len(text), 1)  # label half-width in points units
-        above = x - half >= last_above
-        ax.plot([x, x], [y, y + 0.13], color="black", lw=0.9)
-        if above:
-            ax.text(x, y + 0.18, text, ha="center", va="bottom", fontsize=fontsize)
-            last_above = x + half
-        else:
-            ax.text(x, y - 0.08, text, ha="center", va="top", fontsize=fontsize)
-
-
-def _draw(
-    nomo: Nomogram, outcome_label: str, probability_ticks: Sequence[float], title: str | None
-) -> Any:
-    import matplotlib.pyplot as plt
-
-    n_rows = len(nomo.predictors) + 4
-    fig_h = 0.62 * n_rows + 0.6 + (0.3 if title else 0.0)
-    fig, ax = plt.subplots(figsize=(11.0, fig_h))
-    fs = 9.5
-    rows = iter(range(n_rows - 1, -1, -1))
-
-    def name(y: float, text: str) -> None:
-        ax.text(-4, y, text, ha="right", va="center", fontsize=fs + 0.5, fontweight="bold")
-
-    y = next(rows)
-    name(y, "Points")
-    _draw_axis(
-        ax,
-        y,
-        list(range(0, 101, 10)),
-        [str(v) for v in range(0, 101, 10)],
-        fs,
-        minor=list(range(5, 100, 10)),
-    )
-
-    for axis in nomo._axes:
-        y = next(rows)
-        spec = axis.spec
-        name(y, spec.display)
-        values = nomo.axis_values(spec)
-        if spec.kind == "categorical":
-            pts = (axis.contributions(np.arange(len(values))) - axis.c_min) * nomo.scale
-            groups: dict[float, list[str]] = {}
-            for v, p in zip(values, pts, strict=True):
-                groups.setdefault(round(float(p), 9), []).append(_fmt(v))
-            xs = list(groups)
-            labels = [", ".join(g) for g in groups.values()]
-        else:
-            pts = (axis.contributions(np.asarray(values, float)) - axis.c_min) * nomo.scale
-            xs, labels = [float(p) for p in pts], [_fmt(v) for v in values]
-        _draw_axis(ax, y, xs, labels, fs, span=(0.0, float(nomo.max_points[spec.name])))
-
-    to_x = 100.0 / nomo.max_total_points
-    y = next(rows)
-    name(y, "Total Points")
-    tticks = nice_ticks(0.0, nomo.max_total_points, 10)
-    _draw_axis(ax, y, list(tticks * to_x), [_fmt(float(t)) for t in tticks], fs, span=(0.0, 100.0))
-
-    y = next(rows)
-    name(y, "Linear Predictor")
-    lp0, lp1 = nomo.linear_predictor(0.0), nomo.linear_predictor(nomo.max_total_points)
-    lticks = nice_ticks(float(lp0), float(lp1), 8)
-    _draw_axis(
-        ax,
-        y,
-        list((lticks - lp0) * nomo.scale * to_x),
-        [_fmt(float(t)) for t in lticks],
-        fs,
-        span=(0.0, 100.0),
-    )
-
-    y = next(rows)
-    name(y, outcome_label)
-    p0, p1 = nomo.probability(0.0), nomo.probability(nomo.max_total_points)
-    pticks = [p for p in probability_ticks if p0 <= p <= p1]
-    px = [float(nomo.total_points_for_probability(p)) * to_x for p in pticks]
-    if pticks:
-        _draw_axis(ax, y, px, [_fmt(float(p)) for p in pticks], fs, span=(min(px), max(px)))
-
-    ax.set_xlim(-30, 104)
-    ax.set_ylim(-0.7, n_rows - 0.3)
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=fs + 2)
-    fig.tight_layout()
-    return fig
 
 
 # model fitting -----------------------------------------------------------------------------

@@ -16,7 +16,22 @@ from myocomp.errors import ConfigError, DataError, InputFileError
 from myocomp.study.analyses import LABELS, PA_TERM, pa_category
 from myocomp.study.phenotypes import RANGES, SEX_CODES
 
-__all__ = ["PredictionResult", "load_model", "predict_person"]
+__all__ = ["INPUT_RANGES", "PredictionResult", "linear_predictor_ci", "load_model",
+           "predict_person"]
+
+#: plausible ranges of predict's numeric inputs: name -> (low, high, unit), both ends allowed.
+#: One table for ``myocomp predict`` and the calculator page (which shows and checks the same).
+INPUT_RANGES: dict[str, tuple[float, float, str]] = {
+    "age": (*RANGES["age"], "years"),
+    "bmi": (*RANGES["bmi"], "kg/m²"),
+    "height_cm": (*RANGES["height_cm"], "cm"),
+    "lean_volume_ml": (10.0, 20_000.0, "mL"),
+    "intermat_ml": (0.0, 10_000.0, "mL"),
+    "intermat_fraction": (0.0, 1.0, "0–1"),
+    "met_min_week": (*RANGES["met_min_week"], "MET-min/week"),
+}
+#: two-sided 95 % normal quantile of the delta-method interval
+Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -26,7 +41,9 @@ class PredictionResult:
     ``zscores``: {"z_intermat", "z_lmm"}; ``points``: predictor -> nomogram points;
     ``total_points``; ``linear_predictor`` (log-odds, from the total points);
     ``linear_predictor_model`` (the same, computed directly from the model coefficients);
-    ``probability`` (of CBP); ``inputs``: the values used (with derived lmm, pa_category).
+    ``probability`` (of CBP); ``probability_lower`` / ``probability_upper``: its 95 % CI by
+    the delta method on the nomogram model's fixed-effects covariance (None for a model.json
+    without ``cov_params``); ``inputs``: the values used (with derived lmm, pa_category).
     """
 
     inputs: dict[str, Any]
@@ -37,12 +54,16 @@ class PredictionResult:
     linear_predictor_model: float
     probability: float
     notes: tuple[str, ...] = ()
+    probability_lower: float | None = None
+    probability_upper: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "zscores": self.zscores, "points": self.points,
                 "total_points": self.total_points, "linear_predictor": self.linear_predictor,
                 "linear_predictor_model": self.linear_predictor_model,
-                "probability": self.probability, "notes": list(self.notes)}
+                "probability": self.probability,
+                "probability_lower": self.probability_lower,
+                "probability_upper": self.probability_upper, "notes": list(self.notes)}
 
 
 def load_model(path: str | Path) -> dict[str, Any]:
@@ -71,10 +92,35 @@ def _check_range(name: str, value: float | None) -> None:
         return
     if not math.isfinite(value):
         raise DataError(f"{name} must be a finite number, got {value}")
-    if name in RANGES:
-        lo, hi = RANGES[name]
+    if name in INPUT_RANGES:
+        lo, hi, _ = INPUT_RANGES[name]
         if not lo <= value <= hi:
             raise DataError(f"{name} = {value:g} is outside the plausible range [{lo:g}, {hi:g}]")
+
+
+def _design_row(terms: list[str], person: dict[str, Any], pa: str) -> list[float]:
+    """The nomogram model's design vector of one person, in the order of ``terms``."""
+    row = []
+    for term in terms:
+        if term == "Intercept":
+            row.append(1.0)
+        elif term.startswith(PA_TERM):
+            row.append(float(pa == term[len(PA_TERM) + len("[T."):-1]))
+        else:
+            row.append(float(person[term]))
+    return row
+
+
+def linear_predictor_ci(cov: dict[str, Any], x: dict[str, float], lp: float
+                        ) -> tuple[float, float]:
+    """95 % CI of a probability ``expit(lp)`` by the delta method: ``lp ± 1.96 sqrt(x' V x)``
+    with ``V`` the fixed-effects covariance ``cov`` (``{"terms": [...], "matrix": [[...]]}``)
+    and ``x`` the design vector (term -> value). Returns (lower, upper) probabilities."""
+    terms = cov["terms"]
+    v = [x[t] for t in terms]
+    var = sum(v[i] * cov["matrix"][i][j] * v[j] for i in range(len(v)) for j in range(len(v)))
+    se = math.sqrt(max(var, 0.0))
+    return (1.0 / (1.0 + math.exp(-(lp - Z_95 * se))), 1.0 / (1.0 + math.exp(-(lp + Z_95 * se))))
 
 
 def predict_person(
@@ -108,18 +154,16 @@ def predict_person(
     sex_norm = SEX_CODES.get(str(sex).strip().lower())
     if sex_norm is None:
         raise DataError(f"sex '{sex}' not understood; use female/male (f/m, w)")
-    for name, value in (("age", age), ("bmi", bmi), ("height_cm", height_cm),
-                        ("met_min_week", met_min_week)):
-        _check_range(name, None if value is None else float(value))
-    if not lean_volume_ml > 0:
-        raise DataError(f"lean_volume_ml must be > 0, got {lean_volume_ml}")
     metric = model.get("intermat_metric", "intermat_volume_ml")
     value = intermat_ml if metric == "intermat_volume_ml" else intermat_fraction
     if value is None:
         flag = "--intermat-ml" if metric == "intermat_volume_ml" else "--intermat-fraction"
         raise DataError(f"this model's InterMAT biomarker is {metric}: give {flag}")
-    if value < 0:
-        raise DataError(f"{metric} must be >= 0, got {value}")
+    for name, v in (("age", age), ("bmi", bmi), ("height_cm", height_cm),
+                    ("met_min_week", met_min_week), ("lean_volume_ml", lean_volume_ml),
+                    ("intermat_ml" if metric == "intermat_volume_ml" else "intermat_fraction",
+                     value)):
+        _check_range(name, None if v is None else float(v))
     notes = []
     zmodel = ZScoreModel.from_dict(model["zscores"])
     lmm = float(lean_volume_ml) / float(bmi)
@@ -147,15 +191,13 @@ def predict_person(
     total = float(pts["total_points"])
     lp = float(nomo.linear_predictor(total))
     params = model["nomogram_model"]["params"]
+    x = dict(zip(params, _design_row(list(params), person, pa), strict=True))
     lp_model = float(params.get("Intercept", 0.0))
     for term, beta in params.items():
-        if term == "Intercept":
-            continue
-        if term.startswith(PA_TERM):
-            level = term[len(PA_TERM) + len("[T."):-1]
-            lp_model += beta * float(pa == level)
-        else:
-            lp_model += beta * float(person[term])
+        if term != "Intercept":
+            lp_model += beta * x[term]
+    cov = model["nomogram_model"].get("cov_params")
+    lower, upper = linear_predictor_ci(cov, x, lp) if cov else (None, None)
     inputs = {"age": float(age), "sex": sex_norm, "bmi": float(bmi),
               "lean_volume_ml": float(lean_volume_ml), metric: float(value), "lmm": lmm,
               "height_cm": height_cm, "diabetes": bool(diabetes),
@@ -168,5 +210,5 @@ def predict_person(
         inputs=inputs, zscores={"z_intermat": person["z_intermat"], "z_lmm": person["z_lmm"]},
         points=points, total_points=total, linear_predictor=lp,
         linear_predictor_model=lp_model, probability=1.0 / (1.0 + math.exp(-lp)),
-        notes=tuple(notes),
+        notes=tuple(notes), probability_lower=lower, probability_upper=upper,
     )

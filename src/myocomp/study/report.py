@@ -236,6 +236,8 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
         f"Bootstrap: B = {cfg.bootstrap}, seed {cfg.seed}.</p>",
         _img(result.figures["nomogram"], "nomogram", "Figure 6. Nomogram for CBP (also as "
              "figures/nomogram.svg)."),
+        "<p>Risk calculator of this model (one self-contained page, works offline): "
+        "<a id='calculator-link' href='calculator.html'>calculator.html</a>.</p>",
         _table(t["validation"]),
         _table(t["bootstrap_validation"]),
         _img(result.figures["calibration"], "calibration", "Figure 7. Calibration of the "

@@ -13,6 +13,7 @@ import pandas as pd
 from myocomp.errors import ConfigError
 from myocomp.io import write_json, write_table
 from myocomp.study import analyses as an
+from myocomp.study import calculator as calc
 from myocomp.study import figures as fg
 from myocomp.study.phenotypes import (
     JoinReport,
@@ -181,9 +182,10 @@ def run_study(
         tables["interaction_predicted"], tables["interaction_observed"],
         fdir / "interaction.png", an.reference_covariates(d))
     from myocomp.stats.validation import plot_calibration, plot_roc
+    from myocomp.study.nomogram_figure import plot_nomogram
 
-    nomo.nomogram.plot(fdir / "nomogram.png", fdir / "nomogram.svg",
-                       outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
+    plot_nomogram(nomo.nomogram, fdir / "nomogram.png", fdir / "nomogram.svg",
+                  outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
     figs["nomogram"] = fdir / "nomogram.png"
     figs["nomogram_svg"] = fdir / "nomogram.svg"
     plot_calibration(nomo.calibration_curve, fdir / "calibration.png",
@@ -211,12 +213,16 @@ def run_study(
             "formula": nomo.formula, "n": nomo.n, "n_dropped": nomo.n_dropped,
             "params": {k: float(v) for k, v in nomo.result.params.items()},
             "bse": {k: float(v) for k, v in nomo.result.bse.items()},
+            "cov_params": calc.covariance_dict(nomo.result),
             "auc": nomo.auc.auc,
         },
         "nomogram": nomo.nomogram.to_dict(),
         "reference_covariates": an.reference_covariates(d),
+        "interaction_heatmap": calc.heatmap_dict(tables["interaction_predicted"]),
+        "created_utc": calc.utc_now(),
     }
     model_path = write_json(model, out / "model.json")
+    calc.write_calculator(model_path, out / "calculator.html")
     n_analysed = int(fits["adjusted"].n)
     result = StudyResult(out_dir=out, config=cfg, join=join, tables=tables, figures=figs,
                          model=model, report_path=out / "report.html", model_path=model_path,
