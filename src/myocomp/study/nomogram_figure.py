@@ -157,19 +157,21 @@ def place_labels(xs: Sequence[float], widths: Sequence[float], gap: float,
 
     Left to right, each label takes the first free slot of: centred above the line; for the
     leftmost label right-aligned at its tick (not past ``left_limit``), for the rightmost
-    left-aligned; centred in the first, then the second row below. ``gap``: the least space
+    left-aligned; centred in the first, then the second row below. Two labels that would
+    touch when centred (a 0/1 axis of a small effect) try the outward alignments first. ``gap``: the least space
     between two labels of a row. If no slot is free (an axis far too short), the label goes to
     the row where it overlaps least.
     """
     order = sorted(range(len(xs)), key=lambda i: xs[i])
     right_edge = [-math.inf, -math.inf, -math.inf]
     out: list[LabelPlacement | None] = [None] * len(xs)
+    outward = len(xs) == 2 and (
+        _extent(xs[order[0]], widths[order[0]], "center")[1] + gap
+        > _extent(xs[order[1]], widths[order[1]], "center")[0])
     for rank, i in enumerate(order):
-        slots = [(0, "center")]
-        if rank == 0 and len(order) > 1:
-            slots.append((0, "right"))
-        if rank == len(order) - 1 and len(order) > 1:
-            slots.append((0, "left"))
+        side = [(0, "right")] if rank == 0 and len(order) > 1 else []
+        side += [(0, "left")] if rank == len(order) - 1 and len(order) > 1 else []
+        slots = [*side, (0, "center")] if outward else [(0, "center"), *side]
         slots += [(1, "center"), (2, "center")]
         chosen = None
         for row, align in slots:

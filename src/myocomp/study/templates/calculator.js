@@ -300,7 +300,7 @@
       const tr = el("tr");
       tr.append(el("td", {}, r.label));
       cell(tr, valueText(r.name, v, res));
-      cell(tr, fmt(r.points, 1), "points-" + r.name, r.points);
+      cell(tr, fmt(r.points, 1), "pts-" + r.name, r.points);
       pb.append(tr);
     }
     $("total-points").textContent = fmt(res.total, 1);

@@ -66,6 +66,7 @@ class Browser:
         os.close(b)
         self._buf = b""
         self._id = 0
+        self.width, self.height = width, height
         self.events: list[dict[str, Any]] = []
         self.session: str | None = None
         target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)
@@ -150,6 +151,9 @@ class Browser:
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
         shot = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
         path.write_bytes(base64.b64decode(shot["data"]))
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": self.width, "height": self.height, "deviceScaleFactor": 1,
+                   "mobile": False})
         return path
 
     def console_errors(self) -> list[str]:
