@@ -174,6 +174,26 @@ def test_other_z_references_match_predict(browser, study_dir, tmp_path, capsys, 
         assert out["state"] == "invalid" and out["messages"]["height_cm"] == "required"
 
 
+def test_model_without_covariance_or_heatmap(browser, study_dir, tmp_path, capsys):
+    model = json.loads((study_dir / "model.json").read_text())
+    for key in ("interaction_heatmap", "created_utc"):
+        del model[key]
+    del model["nomogram_model"]["cov_params"]
+    model_path = tmp_path / "old_model.json"
+    model_path.write_text(json.dumps(model))
+    page = tmp_path / "old.html"
+    assert main(["calculator", "--model", str(model_path), "--out", str(page)]) == 0
+    person = {"age": 40.0, "sex": "male", "bmi": 22.0, "lean_volume_ml": 1500.0,
+              "intermat_ml": 20.0}
+    ref = _predict_json(capsys, model_path, person)
+    assert ref["probability_lower"] is None and ref["probability_upper"] is None
+    out = _read(browser, page, _query(person))
+    assert out["state"] == "ok"
+    assert abs(float(out["probability"]) - ref["probability"]) <= 1e-9
+    assert "CI not available" in out["text"] and "no heatmap" in out["text"]
+    assert "not recorded" in out["text"]
+
+
 def test_typing_into_the_form_computes_the_same(browser, study_dir, capsys):
     page = study_dir / "calculator.html"
     person = {"age": 47.0, "sex": "male", "bmi": 24.5, "lean_volume_ml": 1320.5,

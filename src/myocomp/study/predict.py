@@ -123,6 +123,30 @@ def linear_predictor_ci(cov: dict[str, Any], x: dict[str, float], lp: float
     return (1.0 / (1.0 + math.exp(-(lp - Z_95 * se))), 1.0 / (1.0 + math.exp(-(lp + Z_95 * se))))
 
 
+def _pa_level(met_min_week: float | None, breaks: tuple[float, float], notes: list[str]) -> str:
+    """PA category of MET-min/week; None is the reference "moderate" (with a note)."""
+    if met_min_week is None:
+        notes.append("met_min_week not given: physical activity taken as 'moderate' "
+                     "(the reference category)")
+        return "moderate"
+    return str(pa_category(pd.Series([float(met_min_week)]), breaks).iloc[0])
+
+
+def _model_lp(nomogram_model: dict[str, Any], person: dict[str, Any], pa: str, lp: float
+              ) -> tuple[float, float | None, float | None]:
+    """The linear predictor straight from the coefficients, and the 95 % CI of ``expit(lp)``
+    (None, None without a saved covariance)."""
+    params = nomogram_model["params"]
+    x = dict(zip(params, _design_row(list(params), person, pa), strict=True))
+    lp_model = float(params.get("Intercept", 0.0))
+    for term, beta in params.items():
+        if term != "Intercept":
+            lp_model += beta * x[term]
+    cov = nomogram_model.get("cov_params")
+    lower, upper = linear_predictor_ci(cov, x, lp) if cov else (None, None)
+    return lp_model, lower, upper
+
+
 def predict_person(
     model: dict[str, Any] | str | Path,
     *,
@@ -173,13 +197,8 @@ def predict_person(
     if not (math.isfinite(z["z_intermat"]) and math.isfinite(z["z_lmm"])):
         need = "height_cm (--height-cm)" if zmodel.height and height_cm is None else "inputs"
         raise DataError(f"the model's Z reference ({zmodel.method}) cannot score these {need}")
-    breaks = tuple(model.get("pa_breaks_met_min_week", (500.0, 5000.0)))
-    if met_min_week is None:
-        pa = "moderate"
-        notes.append("met_min_week not given: physical activity taken as 'moderate' "
-                     "(the reference category)")
-    else:
-        pa = str(pa_category(pd.Series([float(met_min_week)]), breaks).iloc[0])
+    pa = _pa_level(met_min_week, tuple(model.get("pa_breaks_met_min_week", (500.0, 5000.0))),
+                   notes)
     person = {
         "z_intermat": float(z["z_intermat"]), "z_lmm": float(z["z_lmm"]), "age": float(age),
         "female": 1.0 if sex_norm == "female" else 0.0, "diabetes": float(bool(diabetes)),
@@ -190,14 +209,7 @@ def predict_person(
     pts = nomo.points(person).iloc[0]
     total = float(pts["total_points"])
     lp = float(nomo.linear_predictor(total))
-    params = model["nomogram_model"]["params"]
-    x = dict(zip(params, _design_row(list(params), person, pa), strict=True))
-    lp_model = float(params.get("Intercept", 0.0))
-    for term, beta in params.items():
-        if term != "Intercept":
-            lp_model += beta * x[term]
-    cov = model["nomogram_model"].get("cov_params")
-    lower, upper = linear_predictor_ci(cov, x, lp) if cov else (None, None)
+    lp_model, lower, upper = _model_lp(model["nomogram_model"], person, pa, lp)
     inputs = {"age": float(age), "sex": sex_norm, "bmi": float(bmi),
               "lean_volume_ml": float(lean_volume_ml), metric: float(value), "lmm": lmm,
               "height_cm": height_cm, "diabetes": bool(diabetes),

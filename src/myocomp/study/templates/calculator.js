@@ -403,11 +403,12 @@
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     const text = $("heatmap-text");
-    if (!H) {
-      text.textContent = "This model.json has no heatmap (re-run myocomp study).";
+    const vals = H ? H.probability.flat().filter((p) => p !== null) : [];
+    if (vals.length === 0) {
+      text.textContent = H ? "The interaction model was not estimable: no heatmap."
+        : "This model.json has no heatmap (re-run myocomp study).";
       return;
     }
-    const vals = H.probability.flat().filter((p) => p !== null);
     const lo = Math.min(...vals);
     const hi = Math.max(...vals);
     const L = { x: 62, y: 18, w: 380, h: 380 };
