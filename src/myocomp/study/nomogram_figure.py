@@ -176,7 +176,8 @@ def place_labels(xs: Sequence[float], widths: Sequence[float], gap: float,
         chosen = None
         for row, align in slots:
             lo, hi = _extent(xs[i], widths[i], align)
-            if lo >= right_edge[row] + gap and lo >= left_limit:
+            need = gap / 2 if outward and align == "left" else gap  # the tick lies between
+            if lo >= right_edge[row] + need and lo >= left_limit:
                 chosen = (row, align)
                 break
         if chosen is None:
