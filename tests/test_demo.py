@@ -12,7 +12,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     code = main(["demo", "--out", str(out), "--cohort-n", "2500", "--bootstrap", "5", "--workers", "1"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    for rel in ("metrics.csv", "phantom_truth_comparison.csv", "batch/qc.html", "study/report.html", "study/model.json"):
+    for rel in ("metrics.csv", "phantom_truth_comparison.csv", "batch/qc.html", "study/report.html", "study/model.json",
+                "study/calculator.html"):
         assert (out / rel).is_file(), rel
     comparison = pd.read_csv(out / "phantom_truth_comparison.csv")
     assert len(comparison) == 6

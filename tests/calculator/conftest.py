@@ -47,7 +47,7 @@ def _install_chromium() -> str:
         if find_chromium():
             return ""
         for cmd in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+                    ["apt-get", "install", "-y", "-qq", "chromium"]):
             run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
             if run.returncode != 0:
                 return f"{' '.join(cmd)} failed: {run.stderr.strip()[-300:]}"

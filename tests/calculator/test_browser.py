@@ -68,8 +68,10 @@ def _query(person: dict) -> dict:
             for k, v in person.items()}
 
 
-def _random_people(n: int, seed: int, height: bool = False) -> list[dict]:
-    """People within the input ranges: most like a cohort, every fifth anywhere in the ranges."""
+def _random_people(n: int, seed: int, height: bool = False, fraction: bool = False
+                   ) -> list[dict]:
+    """People within the input ranges: most like a cohort, every fifth anywhere in the ranges
+    (``fraction``: InterMAT given as intermat_fraction instead of intermat_ml)."""
     rng = np.random.default_rng(seed)
     people = []
     for i in range(n):
@@ -82,6 +84,10 @@ def _random_people(n: int, seed: int, height: bool = False) -> list[dict]:
             "lean_volume_ml": rng.uniform(300, 2600) if not wide else r("lean_volume_ml"),
             "intermat_ml": rng.uniform(3, 300) if not wide else r("intermat_ml"),
         }
+        if fraction:
+            del p["intermat_ml"]
+            p["intermat_fraction"] = rng.uniform(0.005, 0.2) if not wide else r(
+                "intermat_fraction")
         if height or rng.random() < 0.3:
             p["height_cm"] = round(rng.uniform(140, 205), 1) if not wide else r("height_cm")
         if rng.random() < 0.85:
@@ -152,19 +158,24 @@ def test_fifty_random_people_match_predict(browser, study_dir, capsys):
         _compare(_read(browser, page, _query(person)), ref, table, labels)
 
 
-@pytest.mark.parametrize("method,height", [("sex", False), ("age_sex", True)])
-def test_other_z_references_match_predict(browser, study_dir, tmp_path, capsys, method, height):
+@pytest.mark.parametrize("method,height,metric", [("sex", False, "intermat_volume_ml"),
+                                                   ("age_sex", True, "intermat_volume_ml"),
+                                                   ("cohort", False, "intermat_fraction")])
+def test_other_z_references_match_predict(browser, study_dir, tmp_path, capsys, method, height,
+                                          metric):
     cohort = pd.read_parquet(study_dir.parent / "cohort.parquet")
-    zref = ZScoreModel.fit(cohort, {"intermat_volume_ml": "z_intermat", "lmm": "z_lmm"},
-                           method=method, height=height)
+    zref = ZScoreModel.fit(cohort, {metric: "z_intermat", "lmm": "z_lmm"}, method=method,
+                           height=height)
     model = json.loads((study_dir / "model.json").read_text())
     model["zscores"] = zref.to_dict()
+    model["intermat_metric"] = metric
     model_path = tmp_path / "model.json"
     model_path.write_text(json.dumps(model))
     page = tmp_path / "calculator.html"
     assert main(["calculator", "--model", str(model_path), "--out", str(page)]) == 0
     table = pd.read_csv(study_dir / "tables" / "nomogram_points.csv")
-    for person in _random_people(10, seed=12, height=height):
+    for person in _random_people(10, seed=12, height=height,
+                                 fraction=metric == "intermat_fraction"):
         ref = _predict_json(capsys, model_path, person)
         _compare(_read(browser, page, _query(person)), ref, table, _labels(model_path))
     if height:  # this reference needs the height: without it, a message and no probability

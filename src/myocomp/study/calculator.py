@@ -61,11 +61,14 @@ _X0, _PX_PER_POINT, _ROW_PX, _FONT_PX, _SVG_W = 200.0, 8.6, 46.0, 13.0, 1090.0
 
 def covariance_dict(result: Any) -> dict[str, Any] | None:
     """The fixed-effects covariance of a fitted model (statsmodels-like ``cov_params()`` or a
-    ``cov`` DataFrame) as ``{"terms": [...], "matrix": [[...]]}``; None when absent."""
+    ``cov`` attribute; an unlabelled matrix is in the order of ``result.params``) as
+    ``{"terms": [...], "matrix": [[...]]}``; None when absent."""
     cov = result.cov_params() if hasattr(result, "cov_params") else getattr(result, "cov", None)
     if cov is None:
         return None
-    cov = pd.DataFrame(cov)
+    if not isinstance(cov, pd.DataFrame):
+        terms = [str(t) for t in result.params.index]
+        cov = pd.DataFrame(np.asarray(cov, dtype=float), index=terms, columns=terms)
     return {"terms": [str(t) for t in cov.index],
             "matrix": [[float(v) for v in row] for row in cov.to_numpy()]}
 
