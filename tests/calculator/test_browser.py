@@ -223,6 +223,20 @@ def test_typing_into_the_form_computes_the_same(browser, study_dir, capsys):
     ref = _predict_json(capsys, study_dir / "model.json", person)
     assert out["state"] == "ok"
     assert abs(float(out["probability"]) - ref["probability"]) <= 1e-9
+    # emptying a field takes the probability away; Compute on an empty form marks every
+    # required field
+    browser.evaluate("""(() => { const e = document.getElementById('in-bmi'); e.value = '';
+      e.dispatchEvent(new Event('input', {bubbles: true})); })()""")
+    out = browser.evaluate(READ_PAGE)
+    assert out["state"] == "invalid" and out["probability"] == ""
+    assert out["messages"]["bmi"] == "required"
+    browser.goto(_url(page))
+    browser.evaluate("document.getElementById('compute').click()")
+    out = browser.evaluate(READ_PAGE)
+    assert out["state"] == "invalid" and out["probability"] == "" and not out["visible"]
+    required = {"age", "sex", "bmi", "lean_volume_ml", "intermat_ml"}
+    assert {k for k, m in out["messages"].items() if m} == required
+    assert browser.console_errors() == []
 
 
 VALID = {"age": 55, "sex": "female", "bmi": 27.0, "lean_volume_ml": 1000,

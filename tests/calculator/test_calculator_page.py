@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from myocomp.cli import main
-from myocomp.study.calculator import MAX_BYTES, calculator_data
+from myocomp.study.calculator import MAX_BYTES, calculator_data, covariance_dict
 from myocomp.study.predict import INPUT_RANGES, predict_person
 
 
@@ -134,3 +134,15 @@ def test_page_fields_use_predicts_ranges(study_dir):
         for bad in (lo - 1e-6 * max(1.0, abs(lo)), hi * (1 + 1e-9)):
             with pytest.raises(Exception, match="plausible range"):
                 predict_person(model, **{**base, name: bad})
+
+
+def test_covariance_dict_labels_an_unlabelled_matrix():
+    class Fit:
+        params = pd.Series({"Intercept": -1.0, "age": 0.02})
+
+        def cov_params(self):
+            return np.array([[0.04, -0.001], [-0.001, 0.0001]])
+
+    cov = covariance_dict(Fit())
+    assert cov == {"terms": ["Intercept", "age"], "matrix": [[0.04, -0.001], [-0.001, 0.0001]]}
+    assert covariance_dict(type("NoCov", (), {})()) is None
