@@ -223,7 +223,8 @@ def nomogram_svg(nomo: Nomogram, outcome_label: str = "Probability of CBP") -> s
         if axis.name in marks:
             parts.append(f'<circle id="nm-{html.escape(axis.name)}" class="marker" cx="0" '
                          f'cy="{y:.1f}" r="6" visibility="hidden"/>')
-        y += _ROW_PX + 15.0 * max(max((p.row for p in places), default=0) - 1, 0)
+        below = max((p.row for p in places), default=0)
+        y += _ROW_PX + (8.0 if below else 0.0) + 15.0 * max(below - 1, 0)
     parts.insert(0, '<line id="nm-guide" class="guide" x1="0" x2="0" y1="0" y2="0" '
                     'visibility="hidden"/>')
     height = y - _ROW_PX + 30.0
