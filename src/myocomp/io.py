@@ -1,11 +1,18 @@
-"""Reading and writing tables and JSON at the edges, atomically (temp file in the same folder + rename)."""
+"""Reading and writing tables and JSON at the edges, atomically (temp file in the same folder + rename).
+
+Commands that write several files stage them with :func:`staged_outputs` and commit them
+together; :func:`check_output_paths` refuses, before any work, outputs that would overwrite an
+input or each other, or that cannot be written. Files get the mode the user's umask gives.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from myocomp.errors import InputFileError
+from myocomp.errors import ConfigError, InputFileError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")
 
@@ -27,10 +34,18 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(value: Any) -> Any:
@@ -144,3 +159,206 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad input file
         raise InputFileError(f"cannot read table ({type(exc).__name__}: {exc})", source=path) from exc
     raise InputFileError(f"unsupported table format {suffix or '(none)'}; use .csv, .tsv or .parquet", source=path)
+
+
+# ------------------------------------------------------------------------------------------
+# output safety: path checks before any work, staged multi-file outputs
+# ------------------------------------------------------------------------------------------
+def resolve(path: str | Path) -> Path:
+    """Absolute path with ``~`` and symbolic links resolved (the file need not exist)."""
+    return Path(path).expanduser().resolve(strict=False)
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(child: Path, folder: Path) -> bool:
+    return child != folder and folder in child.parents
+
+
+def check_output_paths(
+    outputs: Mapping[str, str | Path | None],
+    inputs: Mapping[str, str | Path | None] = {},  # noqa: B006 - read only
+    *,
+    folders: Iterable[str] = (),
+) -> None:
+    """Refuse (:class:`ConfigError`) outputs that would overwrite an input or each other.
+
+    ``outputs`` / ``inputs``: option name (e.g. ``"--out"``) -> path (None entries are
+    skipped). ``folders``: names of outputs that are folders. An output may not equal an input,
+    a file output may not lie inside an input folder (e.g. a DICOM folder), an output folder
+    may not be an input file, and no two outputs may coincide or nest. Then each output
+    location is checked to be writable (:func:`check_writable`).
+    """
+    folders = set(folders)
+    outs = {k: resolve(v) for k, v in outputs.items() if v is not None}
+    ins = {k: resolve(v) for k, v in inputs.items() if v is not None}
+    for name, out in outs.items():
+        for in_name, inp in ins.items():
+            if _same(out, inp):
+                raise ConfigError(f"{name} is the same file as {in_name}; it would be overwritten",
+                                  source=outputs[name])
+            if inp.is_dir() and _inside(out, inp):
+                raise ConfigError(f"{name} lies inside the input folder {in_name}",
+                                  source=outputs[name])
+    names = list(outs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pa, pb = outs[a], outs[b]
+            if _same(pa, pb) or (a in folders and _inside(pb, pa)) or (b in folders and _inside(pa, pb)):
+                raise ConfigError(f"{a} and {b} name the same location", source=outputs[a])
+    for name, out in outs.items():
+        check_writable(outputs[name], folder=name in folders)
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``path`` can be created or replaced by this process.
+
+    The nearest existing ancestor must be a folder in which a temporary folder can be made
+    (probed and removed at once, so nothing is left behind).
+    """
+    target = resolve(path)
+    if target.is_dir() and not folder:
+        raise ConfigError("is a folder; give a file name", source=path)
+    if target.exists() and not target.is_dir() and folder:
+        raise ConfigError("is a file; give a folder", source=path)
+    base = target if folder and target.is_dir() else target.parent
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"cannot be created: {base} is a file, not a folder", source=path)
+    try:
+        probe = tempfile.mkdtemp(prefix=".myocomp-probe-", dir=base)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ConfigError(f"not writable ({exc.strerror or exc})", source=path) from None
+
+
+class StagedOutputs:
+    """Outputs of one command, written to temporary folders beside their targets first.
+
+    :meth:`file` and :meth:`folder` hand out staging paths; :meth:`commit` renames every staged
+    file onto its target; on any failure what this run wrote is removed and replaced files are
+    restored. Paths listed in ``protect`` (the inputs) are never replaced.
+    """
+
+    def __init__(self, protect: Iterable[str | Path] = ()) -> None:
+        self._protect = [resolve(p) for p in protect]
+        self._stages: dict[Path, Path] = {}  # parent folder -> its staging folder
+        self._files: list[tuple[Path, Path]] = []  # (staged, target)
+        self._folders: list[tuple[Path, Path]] = []
+        self._made: list[Path] = []  # folders this run created
+
+    def _stage_in(self, parent: Path) -> Path:
+        if parent not in self._stages:
+            missing = [p for p in (parent, *parent.parents) if not p.exists()]
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made.extend(missing)
+            self._stages[parent] = Path(tempfile.mkdtemp(prefix=".myocomp-stage-", dir=parent))
+        return self._stages[parent]
+
+    def file(self, target: str | Path) -> Path:
+        """Staging path of the output file ``target``."""
+        target = resolve(target)
+        staged = self._stage_in(target.parent) / target.name
+        self._files.append((staged, target))
+        return staged
+
+    def folder(self, target: str | Path) -> Path:
+        """Staging folder whose contents are moved into the output folder ``target``."""
+        target = resolve(target)
+        staged = self._stage_in(target.parent) / f"{target.name}.d"
+        staged.mkdir()
+        self._folders.append((staged, target))
+        return staged
+
+    def _moves(self) -> list[tuple[Path, Path]]:
+        moves = [(s, t) for s, t in self._files if s.exists()]
+        for staged, target in self._folders:
+            for f in sorted(staged.rglob("*")):
+                if f.is_file() or f.is_symlink():
+                    moves.append((f, target / f.relative_to(staged)))
+        return moves
+
+    def commit(self) -> None:
+        """Rename every staged file onto its target, all or none."""
+        moves = self._moves()
+        for _, target in moves:
+            if any(_same(target, p) for p in self._protect):
+                raise ConfigError("output would overwrite an input; nothing was written",
+                                  source=target)
+        done: list[tuple[Path, Path | None]] = []  # (target, backup of the old file)
+        mode = 0o666 & ~current_umask()
+        try:
+            for staged, target in moves:
+                missing = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._made.extend(missing)
+                backup = None
+                if target.exists() and not target.is_dir():
+                    backup = staged.with_name(staged.name + ".myocomp-old")
+                    os.replace(target, backup)
+                done.append((target, backup))
+                os.chmod(staged, mode)
+                os.replace(staged, target)
+        except BaseException:
+            for target, backup in reversed(done):
+                target.unlink(missing_ok=True)
+                if backup is not None and backup.exists():
+                    os.replace(backup, target)
+            raise
+
+    def rollback(self) -> None:
+        """Remove the staging folders and the folders this run created (if left empty)."""
+        self.cleanup()
+        for folder in sorted(set(self._made), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    def cleanup(self) -> None:
+        """Remove the staging folders."""
+        for stage in self._stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def staged_outputs(protect: Iterable[str | Path] = ()) -> Iterator[StagedOutputs]:
+    """Context manager around :class:`StagedOutputs`: commit on success, roll back on error."""
+    stage = StagedOutputs(protect)
+    try:
+        yield stage
+        stage.commit()
+    except BaseException:
+        stage.rollback()
+        raise
+    stage.cleanup()
+
+
+#: errno values of OSError that are the user's environment (disk, permissions), not a bug
+USER_OS_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "is a folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """One-line message of an OSError caused by the environment (full disk, permissions), else None."""
+    reason = USER_OS_ERRORS.get(exc.errno or -1)
+    if reason is None:
+        return None
+    where = exc.filename or ""
+    return f"{where}: {reason}" if where else reason

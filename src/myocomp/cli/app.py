@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 app = typer.Typer(
@@ -29,3 +31,14 @@ def _root(
     ),
 ) -> None:
     """myocomp: images -> muscle metrics -> the CBP study."""
+
+
+#: warnings recorded while the current command runs (filled by :func:`myocomp.cli.main`)
+CAPTURED: list[str] = []
+CAPTURED_SOURCE: list[warnings.WarningMessage] = []
+
+
+def captured_warnings() -> list[str]:
+    """Library warnings of the running command, one line each (``Category: message``), deduplicated."""
+    lines = [f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in CAPTURED_SOURCE]
+    return list(dict.fromkeys(CAPTURED + lines))

@@ -57,18 +57,37 @@ def quantify(
     provenance: Path | None = typer.Option(None, "--provenance", help="Also write parameters, definitions and versions as JSON."),
     fat_is_dark: bool = typer.Option(False, "--fat-is-dark", help="Single-contrast mode only: fat is the darker class (e.g. fat-suppressed T2)."),
 ) -> None:
-    """Per-muscle and per-group volume, fat fraction, lean volume, InterMAT and LMM of one scan."""
+    """Per-muscle and per-group volume, fat fraction, lean volume, InterMAT and LMM of one scan.
+
+    The batch's QC runs too: suspicious inputs set the qc_* columns and print one warning
+    line; impossible ones (an all-zero or negated channel, water identical to fat, an in-phase
+    image that is not W + F) are refused. The outputs (metrics, slices, provenance) are written
+    together or not at all, and never over an input.
+    """
+    from myocomp.cli.app import captured_warnings
+    from myocomp.imaging import qc
     from myocomp.imaging.composition import quantify as run_quantify
     from myocomp.imaging.dixon import load_dixon
     from myocomp.imaging.labels import get_profile, load_labels
-    from myocomp.io import write_json, write_table
+    from myocomp.io import check_output_paths, staged_outputs, write_json, write_table
+    from myocomp.options import check_options
 
     check_table_suffix(out, "--out")
     if slices is not None:
         check_table_suffix(slices, "--slices")
+    check_options({"--fat-threshold": fat_threshold, "--band-mm": band_mm, "--bmi": bmi})
     group_tuple = parse_groups(groups)
+    images = {"water": water, "fat": fat, "in_phase": in_phase, "opposed_phase": opposed_phase}
+    inputs = {f"--{k.replace('_', '-')}": v for k, v in images.items()} | {"--labels": labels}
+    if Path(profile).is_file():
+        inputs["--profile"] = Path(profile)
+    check_output_paths({"--out": out, "--slices": slices, "--provenance": provenance}, inputs)
     label_profile = get_profile(profile)
     dixon = load_dixon(water, fat, in_phase=in_phase, opposed_phase=opposed_phase)
+    signal = qc.signal_check(dixon)
+    if signal.errors:
+        role, reason = signal.errors[0]
+        raise DataError(reason, source=images[role])
     labelmap = load_labels(labels, label_profile, reference=dixon)
     result = run_quantify(
         dixon,
@@ -81,10 +100,17 @@ def quantify(
         with_slices=slices is not None,
         fat_is_bright=not fat_is_dark,
     )
-    write_table(result.metrics, out)
-    if slices is not None and result.slices is not None:
-        write_table(result.slices, slices)
-    if provenance is not None:
-        write_json(result.provenance, provenance)
-    print_metrics(result.metrics, f"{participant_id or water.name}: {result.metrics['method'].iloc[0]}")
+    flags = qc.assess(dixon, labelmap, group_tuple, signal=signal)
+    metrics = qc.add_flag_columns(result.metrics, flags)
+    record = dict(result.provenance, qc=flags.to_dict(), warnings=captured_warnings())
+    with staged_outputs(protect=[p for p in inputs.values() if p is not None]) as stage:
+        write_table(metrics, stage.file(out))
+        if slices is not None and result.slices is not None:
+            write_table(result.slices, stage.file(slices))
+        if provenance is not None:
+            write_json(record, stage.file(provenance))
+    print_metrics(metrics, f"{participant_id or water.name}: {metrics['method'].iloc[0]}")
+    raised = [c for c in qc.FLAG_COLUMNS if metrics[c].any()]
+    if raised:
+        typer.echo(f"warning: QC flags {', '.join(raised)}: {metrics['qc_notes'].iloc[0]}", err=True)
     typer.echo(f"wrote {out}")

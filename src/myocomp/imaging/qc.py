@@ -17,7 +17,17 @@ Flags (columns of ``metrics.parquet``, True = suspicious):
     The affine is the identity (a header without geometry) or the voxel anisotropy (largest /
     smallest edge) exceeds ``max_anisotropy``.
 
+``qc_signal``
+    The signals are suspicious though usable: water or fat negative in more than
+    ``max_negative_fraction`` of tissue voxels, or an in-phase image that departs from W + F by
+    more than ``phase_tolerance`` (median ratio where water and fat are both large).
+
 ``qc_notes`` says in words why a participant was flagged.
+
+:func:`signal_check` also finds impossible inputs, refused with an error instead of a flag: an
+all-zero channel, water identical to fat, a channel negative in most tissue voxels (a negated
+image), and an in-phase image whose median ratio to W + F is outside ``phase_refuse`` (e.g. an
+opposed-phase image given as in-phase, ``|W - F|``).
 """
 
 from __future__ import annotations
@@ -35,7 +45,9 @@ import pandas as pd
 
 from myocomp.imaging.dixon import voxel_spacing
 
-FLAG_COLUMNS = ("qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry")
+FLAG_COLUMNS = (
+    "qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry", "qc_signal",
+)
 
 #: Plausible volume ranges (mL) of whole-body scans; configure for partial fields of view.
 DEFAULT_VOLUME_RANGES_ML: dict[str, tuple[float, float]] = {
@@ -57,6 +69,9 @@ class QCConfig:
     swap_ff: float = 0.5
     swap_radius_mm: float = 6.0
     swap_region_ml: float = 5.0
+    max_negative_fraction: float = 0.01
+    phase_tolerance: float = 0.15
+    phase_refuse: tuple[float, float] = (0.7, 1.43)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -76,6 +91,7 @@ class QCFlags:
     muscle_ff_median: float
     subcutaneous_ff_median: float | None
     notes: tuple[str, ...] = ()
+    signal: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +117,74 @@ def check_swap(
         f_med = float(np.median(ff[fat])) if fat.any() else None
     suspected = bool(m_med > threshold) or (f_med is not None and f_med < threshold)
     return suspected, m_med, f_med
+
+
+@dataclass(frozen=True)
+class SignalCheck:
+    """Result of :func:`signal_check`: ``errors`` (role, reason) refuse the input; ``notes`` flag it;
+    ``phase_ratio`` is the median IP / (W + F) where water and fat are both large (or None)."""
+
+    errors: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+    phase_ratio: float | None = None
+
+
+def _sample(arr: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
+    step = max(1, int(np.ceil((arr.size / max_voxels) ** (1 / arr.ndim))))
+    return np.asarray(arr[(slice(None, None, step),) * arr.ndim], dtype=np.float64)
+
+
+def _negative_fraction(role: str, values: np.ndarray, config: QCConfig, errors, notes) -> None:
+    frac = float(np.mean(values < 0)) if values.size else 0.0
+    if frac > 0.5:
+        errors.append((role, f"{role} image is negative in {100 * frac:.0f} % of tissue voxels "
+                             "(a negated or signed export?)"))
+    elif frac > config.max_negative_fraction:
+        notes.append(f"{role} negative in {100 * frac:.1f} % of tissue voxels")
+
+
+def _phase_ratio(w: np.ndarray, f: np.ndarray, ip: np.ndarray) -> float | None:
+    """Median IP / (W + F) over bright voxels (W + F >= 20 % of its 99th percentile) where water
+    and fat both hold >= 20 % of the signal (there IP and |W - F| differ most)."""
+    total = w + f
+    ok = np.isfinite(ip) & (total > 0.2 * np.percentile(total, 99))
+    mixed = ok & (np.minimum(w, f) >= 0.2 * total)
+    use = mixed if mixed.sum() >= 50 else ok
+    return float(np.median(ip[use] / total[use])) if use.any() else None
+
+
+def signal_check(dixon, config: QCConfig | None = None) -> SignalCheck:
+    """Plausibility of the Dixon signals (see the module docstring); arrays are sampled on a
+    stride of at most ~2 million voxels, the all-zero and identity tests use every voxel."""
+    config = config or QCConfig()
+    channels = {"water": dixon.water, "fat": dixon.fat, "in_phase": dixon.in_phase,
+                "opposed_phase": dixon.opposed_phase}
+    errors: list[tuple[str, str]] = []
+    notes: list[str] = []
+    for role, arr in channels.items():
+        if arr is not None and not np.any(np.nan_to_num(arr, nan=0.0, posinf=1, neginf=1)):
+            errors.append((role, f"{role} image is all zero"))
+    if dixon.fat is None or errors:
+        return SignalCheck(tuple(errors), tuple(notes))
+    if np.array_equal(dixon.water, dixon.fat, equal_nan=True):
+        return SignalCheck((("fat", "water and fat images are identical (the same file twice?)"),))
+    w, f = _sample(dixon.water), _sample(dixon.fat)
+    magnitude = np.nan_to_num(np.abs(w) + np.abs(f), nan=0.0)
+    tissue = magnitude > 0.05 * np.percentile(magnitude, 99)
+    _negative_fraction("water", w[tissue], config, errors, notes)
+    _negative_fraction("fat", f[tissue], config, errors, notes)
+    ratio = None
+    if dixon.in_phase is not None and not errors:
+        ip = _sample(dixon.in_phase)
+        ratio = _phase_ratio(w[tissue], f[tissue], ip[tissue])
+        lo, hi = config.phase_refuse
+        if ratio is not None and not lo <= ratio <= hi:
+            errors.append(("in_phase", f"in-phase image is inconsistent with water + fat (median "
+                           f"IP / (W + F) = {ratio:.2f} where both are large; an opposed-phase "
+                           "image given as in-phase, or differently scaled?)"))
+        elif ratio is not None and abs(ratio - 1) > config.phase_tolerance:
+            notes.append(f"in-phase / (water + fat) = {ratio:.2f} (expected about 1)")
+    return SignalCheck(tuple(errors), tuple(notes), ratio)
 
 
 def ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
@@ -194,11 +278,19 @@ def assess(
     groups: Iterable[str],
     config: QCConfig | None = None,
     ff: np.ndarray | None = None,
+    signal: SignalCheck | None = None,
 ) -> QCFlags:
-    """Participant-level flags of a Dixon volume and its label map (see the module docstring)."""
+    """Participant-level flags of a Dixon volume and its label map (see the module docstring).
+
+    Impossible signals (:func:`signal_check` errors) raise :class:`~myocomp.errors.DataError`.
+    """
+    from myocomp.errors import DataError
     from myocomp.imaging.labels import GROUPS, is_muscle
 
     config = config or QCConfig()
+    signal = signal or signal_check(dixon, config)
+    if signal.errors:
+        raise DataError(signal.errors[0][1], source=dixon.source or None)
     names = labelmap.profile.ids
     if ff is None:
         ff = qc_fat_fraction(dixon) if dixon.fat is not None else None
@@ -240,7 +332,8 @@ def assess(
         geometry=bool(geo_notes),
         muscle_ff_median=m_med,
         subcutaneous_ff_median=f_med,
-        notes=tuple(notes + label_notes + geo_notes),
+        notes=tuple(notes + label_notes + geo_notes + list(signal.notes)),
+        signal=bool(signal.notes),
     )
 
 
@@ -261,6 +354,7 @@ def add_flag_columns(
     out["qc_missing_labels"] = flags.missing_labels
     out["qc_volume_out_of_range"] = volume_out_of_range(out, config.volume_ranges_ml)
     out["qc_geometry"] = flags.geometry
+    out["qc_signal"] = flags.signal
     notes = list(flags.notes)
     for _, row in out[out["qc_volume_out_of_range"]].iterrows():
         notes.append(f"{row['group']} volume {row['volume_ml']:.1f} mL outside plausible range")
