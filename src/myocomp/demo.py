@@ -86,6 +86,14 @@ def compare_with_truth(metrics: pd.DataFrame, phantom_root: Path, group: str = "
     return pd.DataFrame(rows)
 
 
+def check_demo_options(*, cohort_n: int, seed: int, workers: int, bootstrap: int) -> None:
+    """Refuse bad demo options (:class:`~myocomp.errors.ConfigError`) before any work."""
+    from myocomp.options import check_options
+
+    check_options({"--cohort-n": cohort_n, "--seed": seed, "--workers": workers,
+                   "--bootstrap": bootstrap})
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -103,6 +111,7 @@ def run_demo(
     from myocomp.study.run import run_study
     from myocomp.synth.cohort import simulate_cohort, write_cohort
 
+    check_demo_options(cohort_n=cohort_n, seed=seed, workers=workers, bootstrap=bootstrap)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}

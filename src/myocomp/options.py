@@ -31,9 +31,10 @@ class Rule:
 
     def describe(self) -> str:
         left = "(" if self.lo_open else "["
-        hi = "inf" if math.isinf(self.hi) else f"{self.hi:g}"
+        fmt = (lambda v: f"{int(v)}") if self.integer else (lambda v: f"{v:g}")
+        hi = "inf" if math.isinf(self.hi) else fmt(self.hi)
         kind = "a whole number" if self.integer else "a finite number"
-        return f"{kind} in {left}{self.lo:g}, {hi}]"
+        return f"{kind} in {left}{fmt(self.lo)}, {hi}]"
 
 
 #: every numeric option of the commands (quantify, segment, phantom, study, synth-cohort, demo,

@@ -23,12 +23,16 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from myocomp.demo import TRUTH_METRICS, run_demo
+    from myocomp.demo import TRUTH_METRICS, check_demo_options, run_demo
+    from myocomp.io import check_output_paths, staged_outputs
 
+    check_demo_options(cohort_n=cohort_n, seed=seed, workers=workers, bootstrap=bootstrap)
+    check_output_paths({"--out": out}, folders=["--out"])
     console = Console(width=120)
     start = time.perf_counter()
-    result = run_demo(out, cohort_n=cohort_n, seed=seed, workers=workers, bootstrap=bootstrap,
-                      say=lambda msg: console.print(f"[bold cyan]>[/] {msg}"))
+    with staged_outputs() as stage:
+        result = run_demo(stage.folder(out), cohort_n=cohort_n, seed=seed, workers=workers,
+                          bootstrap=bootstrap, say=lambda msg: console.print(f"[bold cyan]>[/] {msg}"))
 
     table = Table(title="Phantoms, back muscles: measured vs ground truth (error: % for volumes, absolute for FF)")
     table.add_column("participant")

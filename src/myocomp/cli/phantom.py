@@ -81,8 +81,16 @@ def phantom(
     from rich.console import Console
     from rich.table import Table
 
+    from myocomp.io import check_output_paths, staged_outputs
+    from myocomp.options import check_options
     from myocomp.synth.phantom import make_phantom, write_phantom
 
+    check_options({"--seed": seed, "--snr": snr, "--infiltration": infiltration,
+                   "--intermat": intermat, "--bias": bias, "--nan-voxels": nan_voxels,
+                   "--slices": slices, "--supersample": supersample, "--bmi": bmi,
+                   "--fat-threshold": fat_threshold, "--band-mm": band_mm})
+    inputs = {"--profile": Path(profile)} if Path(profile).is_file() else {}
+    check_output_paths({"--out": out}, inputs, folders=["--out"])
     options = dict(
         voxel_size_mm=parse_voxel_size(voxel_size),
         n_slices=slices,
@@ -100,7 +108,8 @@ def phantom(
         band_mm=band_mm,
     )
     phantom = make_phantom(seed, **options)
-    paths = write_phantom(out, phantom=phantom)
+    with staged_outputs(protect=inputs.values()) as stage:
+        paths = write_phantom(stage.folder(out), phantom=phantom)
     params = phantom.truth["parameters"]
     shape = "x".join(map(str, params["shape"]))
     table = Table(title=f"phantom seed {seed}: truth ({shape} voxels, {params['orientation']})")

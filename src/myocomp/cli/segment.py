@@ -56,21 +56,30 @@ def segment_command(
         profile_from_dataset_json,
         save_labels,
     )
+    from myocomp.io import check_output_paths, staged_outputs
     from myocomp.segment.models import resolve_model
     from myocomp.segment.nnunet import load_model_spec, segment_arrays
 
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise ConfigError("--out must end in .nii or .nii.gz", source=out)
+    inputs = {f"--image {i + 1}": p for i, p in enumerate(image)}
+    if Path(model).exists():
+        inputs["--model"] = Path(model)
+    check_output_paths({"--out": out}, inputs)
     model_dir = resolve_model(model)
     spec = load_model_spec(model_dir, orientation)
+    check_output_paths({"--out": out}, {"model folder": model_dir})
+    lines: list[str] = []
     imgs = [load_nifti(p, role=f"image {i}") for i, p in enumerate(image)]
     ref = imgs[0]
     for path, img in zip(image[1:], imgs[1:], strict=True):
-        if img.shape != ref.shape or not same_grid(img.affine, ref.affine):
+        if img.shape != ref.shape or not same_grid(img.affine, ref.affine, shape=ref.shape):
             raise GeometryError(f"not on the grid of {image[0]} (shape/affine differ)", source=path)
     arrays = [np.asarray(img.dataobj, dtype=np.float32) for img in imgs]
     n_model = len(spec.channel_names)
     if n_model == 1 and len(arrays) == 2:
         arrays = [arrays[0] + arrays[1]]
-        typer.echo(f"channel 0 ({spec.channel_names[0]}) <- {image[0]} + {image[1]}", err=True)
+        lines.append(f"channel 0 ({spec.channel_names[0]}) <- {image[0]} + {image[1]}")
     elif len(arrays) != n_model:
         raise ConfigError(
             f"model {model} expects {n_model} image(s) in this order: {list(spec.channel_names)}; "
@@ -78,7 +87,7 @@ def segment_command(
         )
     else:
         for i, (name, path) in enumerate(zip(spec.channel_names, image, strict=True)):
-            typer.echo(f"channel {i} ({name}) <- {path}", err=True)
+            lines.append(f"channel {i} ({name}) <- {path}")
     if profile == "auto":
         prof = profile_from_dataset_json(spec.dataset_json)
     else:
@@ -93,7 +102,11 @@ def segment_command(
         input_axcodes=spec.input_axcodes,
     )
     labelmap_from_array(labels, ref.affine, prof, source=str(out))  # ids known, muscles present
-    written = save_labels(labels, ref.affine, out)
+    with staged_outputs(protect=[*image, model_dir]) as stage:
+        save_labels(labels, ref.affine, stage.file(out))
+    written = out
+    for line in lines:
+        typer.echo(line)
     ids, counts = np.unique(labels[labels != 0], return_counts=True)
     summary = ", ".join(
         f"{prof.ids.get(int(i), i)}={int(c)}" for i, c in zip(ids, counts, strict=True)
@@ -142,6 +155,7 @@ def models_fetch(
         TransferSpeedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a pipe or log gets no bar and no stray blank line
     ) as bar:
         task = bar.add_task(f"fetching {name}", total=None)
 

@@ -26,35 +26,48 @@ def study(
     config: Path | None = typer.Option(None, "--config", help="study.toml: column mapping ([columns]), sex codes ([sex_coding]) and [options]."),
     bootstrap: int | None = typer.Option(None, "--bootstrap", help="Bootstrap replicates of the nomogram validation (overrides the config; default 200)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (overrides the config; default 0)."),
+    include_flagged: bool = typer.Option(False, "--include-flagged", help="Keep participants whose metrics carry a qc_* flag (default: they are excluded, and the count is printed)."),
 ) -> None:
-    """Run the CBP study: Table 1, PA, mixed models, strata, symptoms, interaction, nomogram."""
+    """Run the CBP study: Table 1, PA, mixed models, strata, symptoms, interaction, nomogram.
+
+    Every output is written to a folder beside --out first and moved in only when the whole
+    study succeeded; inputs are never overwritten.
+    """
     import time
 
+    from myocomp.cli.app import captured_warnings
+    from myocomp.io import check_output_paths, staged_outputs, write_text
+    from myocomp.options import check_options
     from myocomp.study.phenotypes import load_config
     from myocomp.study.run import run_study
 
-    if bootstrap is not None and bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be >= 0, got {bootstrap}")
-    cfg = load_config(config).with_options(bootstrap=bootstrap, seed=seed)
-    console = _console(stderr=True)
+    check_options({"--bootstrap": bootstrap, "--seed": seed})
+    inputs = {"--data": data, "--metrics": metrics, "--config": config}
+    check_output_paths({"--out": out}, inputs, folders=["--out"])
+    cfg = load_config(config).with_options(bootstrap=bootstrap, seed=seed,
+                                           include_flagged=include_flagged or None)
+    console = _console()
     start = time.perf_counter()
-    result = run_study(data, metrics=metrics, config=cfg, out_dir=out,
-                       progress=lambda msg: console.print(f"[bold blue]•[/] {msg}"))
+    with staged_outputs(protect=[p for p in inputs.values() if p is not None]) as stage:
+        folder = stage.folder(out)
+        result = run_study(data, metrics=metrics, config=cfg, out_dir=folder,
+                           progress=lambda msg: console.print(f"[bold blue]•[/] {msg}"))
+        if captured_warnings():
+            write_text("\n".join(captured_warnings()) + "\n", folder / "warnings.log")
     main = result.tables["main_models"]
     adj = main[main["model"] == "adjusted"].set_index("term")
-    out_console = _console()
     for term in ("z_intermat", "z_lmm"):
         if term in adj.index:
             r = adj.loc[term]
-            out_console.print(f"{r['label']}: OR {r['OR']:.2f} ({r['lower']:.2f}–{r['upper']:.2f})"
-                              f" per 2 Z, n = {int(r['n']):,}")
+            console.print(f"{r['label']}: OR {r['OR']:.2f} ({r['lower']:.2f}–{r['upper']:.2f})"
+                          f" per 2 Z, n = {int(r['n']):,}")
     j = result.join
     if j.phenotypes_without_metrics or j.metrics_without_phenotypes:
-        out_console.print(f"unmatched ids: {len(j.phenotypes_without_metrics)} phenotypes "
-                          f"without metrics, {len(j.metrics_without_phenotypes)} metrics "
-                          "without phenotypes")
-    out_console.print(f"wrote {result.report_path} and {result.model_path} "
-                      f"({time.perf_counter() - start:.1f} s)")
+        console.print(f"unmatched ids: {len(j.phenotypes_without_metrics)} phenotypes "
+                      f"without metrics, {len(j.metrics_without_phenotypes)} metrics "
+                      "without phenotypes")
+    console.print(f"wrote {out / 'report.html'} and {out / 'model.json'} "
+                  f"({time.perf_counter() - start:.1f} s)")
 
 
 @app.command("synth-cohort")
@@ -64,12 +77,23 @@ def synth_cohort(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Draw a NAKO-like synthetic cohort (phenotypes + back-muscle metrics) with known truth."""
+    from myocomp.errors import InputFileError
+    from myocomp.io import check_output_paths, staged_outputs
+    from myocomp.options import check_options
     from myocomp.synth.cohort import simulate_cohort, write_cohort
 
+    check_options({"--n": n, "--seed": seed})
+    if out.suffix.lower() not in (".parquet", ".csv", ".tsv"):
+        raise InputFileError("output must end in .parquet, .csv or .tsv", source=out)
+    params_path = out.parent / "true_parameters.json"
+    check_output_paths({"--out": out, "true_parameters.json": params_path})
     cohort = simulate_cohort(n=n, seed=seed)
-    data_path, params_path = write_cohort(cohort, out)
+    with staged_outputs() as stage:
+        staged = stage.file(out)
+        stage.file(params_path)
+        write_cohort(cohort, staged)
     d = cohort.data
-    _console().print(f"wrote {data_path} ({len(d):,} participants, CBP "
+    _console().print(f"wrote {out} ({len(d):,} participants, CBP "
                      f"{100 * d['cbp'].mean():.1f} %) and {params_path}")
 
 

@@ -385,7 +385,7 @@ def quantify(
     """
     groups = tuple(groups)
     _check_params(fat_threshold, band_mm, bmi)
-    if labelmap.data.shape != dixon.shape or not same_grid(labelmap.affine, dixon.affine):
+    if labelmap.data.shape != dixon.shape or not same_grid(labelmap.affine, dixon.affine, shape=dixon.shape):
         raise GeometryError("label map and images are not on the same grid")
     names = labelmap.profile.ids
     muscle_ids = [i for i, n in names.items() if is_muscle(n)]

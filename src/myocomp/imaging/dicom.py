@@ -268,7 +268,7 @@ def read_dicom_dixon(folder: str | Path, *, source: str | None = None):
     for channel, vols in volumes.items():
         for k in range(n):
             ref_data, ref_aff = volumes["water"][k]
-            if vols[k][0].shape != ref_data.shape or not same_grid(vols[k][1], ref_aff):
+            if vols[k][0].shape != ref_data.shape or not same_grid(vols[k][1], ref_aff, shape=ref_data.shape):
                 raise GeometryError(
                     f"{channel} series {k + 1} is not on the water series' grid", source=folder
                 )

@@ -18,9 +18,16 @@ import numpy as np
 
 from myocomp.errors import GeometryError, InputFileError
 
-#: Largest difference (mm, or unitless for the rotation part) tolerated between two affines that
-#: should describe the same grid. Scanner exports round positions to ~1e-4 mm.
+#: Largest distance (mm) between corresponding voxel corners of two grids that count as the same
+#: grid (:func:`same_grid`). Scanner exports round positions to ~1e-4 mm.
 AFFINE_ATOL = 1e-3
+
+#: Largest number of voxels one image may declare (``MYOCOMP_MAX_VOXELS`` overrides it): 2**30,
+#: 4 GiB as float32, far above a whole-body scan (~1e8 voxels).
+MAX_VOXELS = 2**30
+
+#: Largest ratio of uncompressed to compressed size that deflate can reach (~1032:1), with margin.
+GZIP_MAX_RATIO = 1100
 
 #: Default noise floor of the fat-fraction map, as a fraction of the 99th percentile of W + F.
 NOISE_FLOOR_FRACTION = 0.05
@@ -95,6 +102,7 @@ def load_nifti(path: str | Path, role: str = "image") -> nib.Nifti1Image:
         raise InputFileError(f"{role} image cannot be read ({type(exc).__name__}: {exc})", source=path) from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InputFileError(f"{role} image is a {type(img).__name__}, not NIfTI", source=path)
+    check_declared_size(img, path, role=role)
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         img = img.slicer[..., 0]
@@ -114,6 +122,60 @@ def load_nifti(path: str | Path, role: str = "image") -> nib.Nifti1Image:
         ) from exc
     check_affine(img.affine, source=path, role=role)
     return nib.Nifti1Image(data, img.affine, header=img.header)
+
+
+def max_voxels() -> int:
+    """The voxel limit: ``MYOCOMP_MAX_VOXELS`` from the environment, else :data:`MAX_VOXELS`."""
+    import os
+
+    text = os.environ.get("MYOCOMP_MAX_VOXELS", "")
+    try:
+        return int(float(text)) if text else MAX_VOXELS
+    except ValueError:
+        raise InputFileError(f"MYOCOMP_MAX_VOXELS={text!r} is not a number") from None
+
+
+def check_declared_size(img: nib.Nifti1Image, path: str | Path, *, role: str = "image",
+                        limit: int | None = None) -> None:
+    """Refuse a NIfTI whose header declares more data than the file can hold, before reading it.
+
+    The declared size (voxels x bytes per voxel + data offset) must not exceed ``limit`` voxels
+    (default :func:`max_voxels`) nor the file size; for a gzip file, not its size times
+    :data:`GZIP_MAX_RATIO` (the most deflate can compress) nor, for a single-member file under
+    4 GiB, the uncompressed size in the gzip trailer (ISIZE).
+    """
+    path = Path(path)
+    shape = tuple(int(n) for n in img.header.get_data_shape())
+    n_voxels = int(np.prod(shape, dtype=object)) if shape else 0
+    limit = max_voxels() if limit is None else limit
+    if n_voxels > limit:
+        raise InputFileError(
+            f"{role} image header declares {'x'.join(map(str, shape))} = {n_voxels:.3g} voxels, "
+            f"above the limit of {limit:.3g} (set MYOCOMP_MAX_VOXELS to raise it)", source=path)
+    itemsize = np.dtype(img.header.get_data_dtype()).itemsize
+    needed = n_voxels * itemsize + int(img.header.get("vox_offset", 0) or 0)
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        isize = _gzip_isize(path)
+        if needed > size * GZIP_MAX_RATIO or (isize is not None and needed < 2**32 and isize < needed):
+            raise InputFileError(
+                f"{role} image header declares {needed:,} bytes of data but the compressed file "
+                f"({size:,} bytes) holds {'at most far less' if isize is None else f'{isize:,}'}: "
+                "truncated or corrupt", source=path)
+    elif needed > size:
+        raise InputFileError(f"{role} image header declares {needed:,} bytes but the file has "
+                             f"{size:,}: truncated or corrupt", source=path)
+
+
+def _gzip_isize(path: Path) -> int | None:
+    """Uncompressed size from the trailer of a single-member gzip file, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        fh.seek(0, 2)
+        if head != b"\x1f\x8b" or fh.tell() < 18:
+            return None
+        fh.seek(-4, 2)
+        return int.from_bytes(fh.read(4), "little")
 
 
 def check_affine(affine: np.ndarray, *, source: str | Path | None = None, role: str = "image") -> None:
@@ -139,9 +201,24 @@ def canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     return out, new_affine
 
 
-def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, atol: float = AFFINE_ATOL) -> bool:
-    """True if two affines describe the same voxel grid to within ``atol`` (mm)."""
-    return bool(np.allclose(np.asarray(affine_a), np.asarray(affine_b), atol=atol, rtol=0))
+def grid_distance_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) between the positions the two affines give one voxel corner, over the
+    8 corners of a grid of ``shape`` (the distance is affine in the index, so it peaks there)."""
+    a, b = np.asarray(affine_a, dtype=float), np.asarray(affine_b, dtype=float)
+    extent = [(-0.5, n - 0.5) for n in tuple(shape)[:3]]
+    corners = np.array([[i, j, k, 1.0] for i in extent[0] for j in extent[1] for k in extent[2]])
+    return float(np.linalg.norm(corners @ (a - b)[:3].T, axis=1).max())
+
+
+def same_grid(affine_a: np.ndarray, affine_b: np.ndarray, atol: float = AFFINE_ATOL,
+              shape: tuple[int, ...] | None = None) -> bool:
+    """True if every voxel corner of a grid of ``shape`` lies within ``atol`` mm under both affines.
+
+    Without ``shape`` a single voxel at the origin is compared (its corners). A rotation of
+    0.3 mrad moves the far corners of a 400 mm field of view by ~0.1 mm: not the same grid.
+    """
+    shape = (1, 1, 1) if shape is None else shape
+    return grid_distance_mm(affine_a, affine_b, shape) <= atol
 
 
 def dixon_from_arrays(
@@ -215,10 +292,10 @@ def load_dixon(
                 f"{role} image shape {img.shape} differs from water image shape {ref.shape} ({water})",
                 source=paths[role],
             )
-        if not same_grid(img.affine, ref.affine):
+        if not same_grid(img.affine, ref.affine, shape=ref.shape):
             raise GeometryError(
-                f"{role} image affine differs from the water image's ({water}) by up to "
-                f"{np.abs(img.affine - ref.affine).max():.3g} mm: not the same grid",
+                f"{role} image voxels lie up to {grid_distance_mm(img.affine, ref.affine, ref.shape):.3g}"
+                f" mm from the water image's ({water}); more than {AFFINE_ATOL:g} mm: not the same grid",
                 source=paths[role],
             )
     arrays = {role: np.asanyarray(img.dataobj) for role, img in imgs.items()}

@@ -288,15 +288,18 @@ def profile_from_dataset_json(dataset: str | Path | dict, name: str | None = Non
         name = name or str(path)
         try:
             dataset = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LabelError(f"cannot read dataset.json ({exc})", source=path) from exc
-    labels = dataset.get("labels")
+    labels = dataset.get("labels") if isinstance(dataset, dict) else None
     if not isinstance(labels, dict):
         raise LabelError("dataset.json has no 'labels' object", source=name)
     ids: dict[int, str] = {}
     for label_name, value in labels.items():
         if isinstance(value, list | tuple):
             raise LabelError(f"region-based label {label_name!r} is not supported", source=name)
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+            raise LabelError(f"label {label_name!r} has id {value!r}; ids must be whole numbers >= 0",
+                             source=name)
         if int(value) != 0:
             ids[int(value)] = canonical_name(label_name)
     return LabelProfile(name or "dataset.json", ids)
@@ -373,7 +376,7 @@ def labelmap_from_array(
                 "labels are on another grid",
                 source=source,
             )
-        if not same_grid(new_affine, reference.affine):
+        if not same_grid(new_affine, reference.affine, shape=reference.shape):
             raise GeometryError(
                 "label map affine differs from the image's by up to "
                 f"{np.abs(new_affine - reference.affine).max():.3g} mm: labels are on another grid",

@@ -141,6 +141,28 @@ def _overlap_scale(
     return float(np.median(ref[sel] / cur[sel]))
 
 
+#: the union grid may hold at most this many times the stations' voxels together (rotated stacks
+#: need some slack; far-apart stations need far more and are refused before allocating)
+UNION_SLACK = 2.0
+
+
+def check_union_size(shape: tuple[int, int, int], station_shapes: Sequence[tuple[int, ...]]) -> None:
+    """Refuse a union grid far larger than the stations (they do not form a stack) or above the
+    voxel limit (:func:`myocomp.imaging.dixon.max_voxels`), before anything is allocated."""
+    from myocomp.imaging.dixon import max_voxels
+
+    n_union = int(np.prod(shape, dtype=object))
+    n_stations = sum(int(np.prod(s, dtype=object)) for s in station_shapes)
+    if n_union > UNION_SLACK * n_stations:
+        raise GeometryError(
+            f"the stations' union grid would be {'x'.join(map(str, shape))} voxels, "
+            f"{n_union / n_stations:.3g} times the stations' own: they lie far apart, not in one "
+            "overlapping stack (check their positions)")
+    if n_union > max_voxels():
+        raise GeometryError(f"the stations' union grid {'x'.join(map(str, shape))} exceeds the "
+                            f"voxel limit {max_voxels():.3g} (MYOCOMP_MAX_VOXELS)")
+
+
 def stitch(stations: Sequence[Station], *, intensity_match: bool = True) -> StitchResult:
     """Stitch overlapping stations (same channel names each) onto one grid.
 
@@ -192,6 +214,7 @@ def stitch(stations: Sequence[Station], *, intensity_match: bool = True) -> Stit
     ordered = [stations[i] for i in order]
 
     affine, shape = union_grid([s.affine for s in ordered], [s.shape for s in ordered])
+    check_union_size(shape, [s.shape for s in ordered])
     acc = {name: np.zeros(shape, dtype=np.float64) for name in names}
     wsum = np.zeros(shape, dtype=np.float64)
     scales: list[float] = []
@@ -246,7 +269,7 @@ def stitch_dixon(
         imgs = {ch: load_nifti(paths[k], f"{ch} station {k + 1}") for ch, paths in stations.items()}
         ref = imgs["water"]
         for ch, img in imgs.items():
-            if img.shape != ref.shape or not same_grid(img.affine, ref.affine):
+            if img.shape != ref.shape or not same_grid(img.affine, ref.affine, shape=ref.shape):
                 raise GeometryError(
                     f"{ch} station {k + 1} is not on the grid of water station {k + 1}",
                     source=stations[ch][k],

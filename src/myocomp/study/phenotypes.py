@@ -83,7 +83,7 @@ _FALSE = {"0", "0.0", "false", "no", "n", "nein"}
 
 _OPTION_KEYS = (
     "group", "intermat_metric", "zscore_method", "symptom_threshold", "bootstrap", "seed",
-    "nagq", "pa_breaks", "zscore_height",
+    "nagq", "pa_breaks", "zscore_height", "include_flagged",
 )
 _INTERMAT_METRICS = ("intermat_volume_ml", "intermat_fraction")
 _ZSCORE_METHODS = ("cohort", "sex", "age_sex")
@@ -111,6 +111,7 @@ class StudyConfig:
     nagq : quadrature points of the mixed models (1 = Laplace).
     pa_breaks : MET-min/week cut points of the PA categories ((500, 5000)).
     zscore_height : add height_cm to the ``age_sex`` Z reference regression (False).
+    include_flagged : keep metrics rows with a ``qc_*`` flag (False: they are excluded).
     """
 
     columns: dict[str, str] = field(default_factory=dict)
@@ -124,6 +125,7 @@ class StudyConfig:
     nagq: int = 1
     pa_breaks: tuple[float, float] = (500.0, 5000.0)
     zscore_height: bool = False
+    include_flagged: bool = False
 
     def __post_init__(self) -> None:
         known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + METRIC_COLUMNS + ("lmm",)
@@ -147,14 +149,18 @@ class StudyConfig:
             )
         if not 0 < float(self.symptom_threshold) <= 10:
             raise ConfigError(f"symptom_threshold must be in (0, 10], got {self.symptom_threshold}")
+        if int(self.seed) < 0 or int(self.seed) >= 2**32:
+            raise ConfigError(f"seed must be a whole number in [0, 2^32), got {self.seed}")
         if int(self.bootstrap) < 0:
             raise ConfigError(f"bootstrap must be >= 0, got {self.bootstrap}")
         if int(self.nagq) < 1:
             raise ConfigError(f"nagq must be >= 1, got {self.nagq}")
         if self.zscore_height and self.zscore_method != "age_sex":
             raise ConfigError("zscore_height = true needs zscore_method = 'age_sex'")
+        if len(self.pa_breaks) != 2:
+            raise ConfigError(f"pa_breaks must be two numbers (MET-min/week), got {list(self.pa_breaks)}")
         lo, hi = self.pa_breaks
-        if not 0 <= lo < hi:
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo < hi):
             raise ConfigError(f"pa_breaks must be two increasing numbers >= 0, got {self.pa_breaks}")
 
     @classmethod
@@ -183,9 +189,11 @@ class StudyConfig:
         # TOML readers may write `female = 1`: accept both directions
         if sex_coding and set(sex_coding) <= {"female", "male"}:
             sex_coding = {str(v): k for k, v in sex_coding.items()}
-        if "pa_breaks" in options:
-            options["pa_breaks"] = tuple(float(x) for x in options["pa_breaks"])
         try:
+            if "pa_breaks" in options:
+                if not isinstance(options["pa_breaks"], list | tuple):
+                    raise ConfigError(f"pa_breaks must be a list of two numbers, got {options['pa_breaks']!r}")
+                options["pa_breaks"] = tuple(float(x) for x in options["pa_breaks"])
             return cls(columns=columns, sex_coding=sex_coding, **options)
         except ConfigError as exc:
             raise ConfigError(str(exc), source=source) from None

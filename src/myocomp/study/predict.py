@@ -22,7 +22,7 @@ __all__ = ["INPUT_RANGES", "PredictionResult", "linear_predictor_ci", "load_mode
 #: plausible ranges of predict's numeric inputs: name -> (low, high, unit), both ends allowed.
 #: One table for ``myocomp predict`` and the calculator page (which shows and checks the same).
 INPUT_RANGES: dict[str, tuple[float, float, str]] = {
-    "age": (*RANGES["age"], "years"),
+    "age": (18.0, 100.0, "years"),  # adults of a population cohort
     "bmi": (*RANGES["bmi"], "kg/m²"),
     "height_cm": (*RANGES["height_cm"], "cm"),
     "lean_volume_ml": (10.0, 20_000.0, "mL"),
@@ -84,7 +84,26 @@ def load_model(path: str | Path) -> dict[str, Any]:
     for key in ("zscores", "nomogram", "nomogram_model"):
         if key not in model:
             raise ConfigError(f"model file lacks '{key}'", source=path)
+    _check_terms(model, path)
     return model
+
+
+def _check_terms(model: dict[str, Any], path: Path) -> None:
+    """Every coefficient of the nomogram model must be a finite number on a predictor that
+    predict can score (otherwise a term would be silently scored as 0 or fail later)."""
+    known = {"Intercept", "z_intermat", "z_lmm", "age", "female", "diabetes", "dyslipidemia",
+             "osteoporosis", "osteoarthritis"}
+    nomogram_model = model["nomogram_model"]
+    params = nomogram_model.get("params") if isinstance(nomogram_model, dict) else None
+    if not isinstance(params, dict):
+        raise ConfigError("model file's nomogram_model has no 'params' object", source=path)
+    for term, beta in params.items():
+        pa_level = term.startswith(PA_TERM) and term[len(PA_TERM):] in ("[T.low]", "[T.high]")
+        if term not in known and not pa_level:
+            raise ConfigError(f"model term '{term}' is unknown to predict (known: "
+                              f"{', '.join(sorted(known))}, physical activity)", source=path)
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta):
+            raise ConfigError(f"model term '{term}' has a non-finite coefficient", source=path)
 
 
 def _check_range(name: str, value: float | None) -> None:

@@ -1,0 +1,112 @@
+"""Checks of the study's inputs beyond the phenotype schema: the metrics table (numbers, ranges,
+QC flags) and whether the models can be estimated at all on the analysed participants.
+
+Each check raises :class:`~myocomp.errors.DataError` with one line naming the column (and row)
+or the reason, so that no broken model or nomogram is ever written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from myocomp.errors import DataError
+from myocomp.study.phenotypes import METRIC_COLUMNS, StudyConfig, _to_numeric, _where
+
+__all__ = ["validate_metrics", "exclude_flagged", "check_estimable", "MIN_EVENTS"]
+
+#: fewest participants with, and without, CBP the main model and the nomogram need
+MIN_EVENTS = 10
+_TRUE_TEXT = {"true", "1", "1.0", "yes"}
+
+
+def validate_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the metrics table with its metric columns as float, checked as strictly as the
+    phenotypes: text in a numeric column, a negative or infinite value -> :class:`DataError`
+    naming the column and the row (spreadsheet numbering, with the participant)."""
+    m = metrics.reset_index(drop=True).copy()
+    config = StudyConfig()
+    for col in (*METRIC_COLUMNS, "n_voxels", "voxel_volume_ml"):
+        if col not in m.columns:
+            continue
+        try:
+            values = _to_numeric(m, col, config)
+        except DataError as exc:
+            raise DataError(f"metrics table {exc}") from None
+        bad = ~np.isfinite(values.fillna(0.0).to_numpy()) | (values < 0).to_numpy()
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise DataError(f"metrics table column '{col}': value {values.iloc[pos]:g} in "
+                            f"{_where(m, pos)} is negative or not finite")
+        if col in ("ff_mean", "intermat_fraction") and (values > 1).any():
+            pos = int(np.flatnonzero((values > 1).to_numpy())[0])
+            raise DataError(f"metrics table column '{col}': value {values.iloc[pos]:g} in "
+                            f"{_where(m, pos)} is above 1 (a fraction)")
+        m[col] = values
+    return m
+
+
+def _flagged(table: pd.DataFrame) -> pd.Series:
+    cols = [c for c in table.columns if str(c).startswith("qc_") and c != "qc_notes"]
+    flags = pd.Series(False, index=table.index)
+    for c in cols:
+        v = table[c]
+        as_bool = (v.astype("string").str.strip().str.lower().isin(_TRUE_TEXT)
+                   if not pd.api.types.is_bool_dtype(v) else v.fillna(False))
+        flags |= as_bool.fillna(False).astype(bool)
+    return flags
+
+
+def exclude_flagged(table: pd.DataFrame | None, include_flagged: bool = False,
+                    say: Callable[[str], None] = lambda _m: None) -> pd.DataFrame | None:
+    """Drop rows (participants) with any ``qc_*`` flag set unless ``include_flagged``; say how many."""
+    if table is None:
+        return None
+    flags = _flagged(table)
+    if not flags.any():
+        return table
+    ids = table.loc[flags, "participant_id"] if "participant_id" in table.columns else flags[flags]
+    n = int(pd.Series(ids).nunique())
+    if include_flagged:
+        say(f"keeping {n} participant(s) with QC flags (include_flagged)")
+        return table
+    say(f"excluding {n} participant(s) with QC flags (qc_* columns; include_flagged keeps them)")
+    bad_ids = set(ids.astype(str)) if "participant_id" in table.columns else set()
+    keep = ~flags if not bad_ids else ~table["participant_id"].astype(str).isin(bad_ids)
+    return table[keep].reset_index(drop=True)
+
+
+def check_estimable(d: pd.DataFrame) -> None:
+    """Refuse an analysis table on which the adjusted main model cannot be estimated: too few
+    events or non-events, one sex, a binary covariate without variation, a missing physical
+    activity category, fewer than two sites or a site of one participant."""
+    from myocomp.study.analyses import PA_LEVELS
+
+    cols = ["cbp", "site", "z_intermat", "z_lmm", "age", "female", "diabetes", "dyslipidemia",
+            "osteoporosis", "osteoarthritis", "pa_category"]
+    cc = d.dropna(subset=[c for c in cols if c in d.columns])
+    n, events = len(cc), int(cc["cbp"].sum()) if len(cc) else 0
+    if events < MIN_EVENTS or n - events < MIN_EVENTS:
+        raise DataError(f"column 'cbp': {events} of {n} analysed participants have CBP; the models "
+                        f"need at least {MIN_EVENTS} with and {MIN_EVENTS} without")
+    if cc["female"].nunique() < 2:
+        sex = "female" if cc["female"].iloc[0] == 1 else "male"
+        raise DataError(f"column 'sex': all {n} analysed participants are {sex}; the models adjust "
+                        "for sex and need both")
+    for col in ("diabetes", "dyslipidemia", "osteoporosis", "osteoarthritis"):
+        if cc[col].nunique() < 2:
+            raise DataError(f"column '{col}' is {cc[col].iloc[0]:g} for all {n} analysed "
+                            "participants; a covariate without variation cannot be estimated")
+    missing = [lv for lv in PA_LEVELS if not (cc["pa_category"] == lv).any()]
+    if missing:
+        raise DataError(f"column 'met_min_week': no analysed participant in the physical activity "
+                        f"category {missing[0]!r}; check the values or pa_breaks")
+    sizes = cc["site"].astype(str).value_counts()
+    if len(sizes) < 2:
+        raise DataError(f"column 'site': all {n} analysed participants are from one site; the "
+                        "mixed models need at least two")
+    if sizes.min() < 2:
+        raise DataError(f"column 'site': site '{sizes.idxmin()}' has a single analysed participant; "
+                        "its random intercept cannot be estimated (merge or drop that site)")
