@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ def check_output_paths(
             pa, pb = outs[a], outs[b]
             if _same(pa, pb) or (a in folders and _inside(pb, pa)) or (b in folders and _inside(pa, pb)):
                 raise ConfigError(f"{a} and {b} name the same location", source=outputs[a])
-    for name, out in outs.items():
+    for name in outs:
         check_writable(outputs[name], folder=name in folders)
 
 
@@ -318,10 +318,8 @@ class StagedOutputs:
         """Remove the staging folders and the folders this run created (if left empty)."""
         self.cleanup()
         for folder in sorted(set(self._made), key=lambda p: len(p.parts), reverse=True):
-            try:
+            with suppress(OSError):
                 folder.rmdir()
-            except OSError:
-                pass
 
     def cleanup(self) -> None:
         """Remove the staging folders."""

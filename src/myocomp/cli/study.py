@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from myocomp.cli.app import app
-from myocomp.errors import ConfigError
 
 
 def _console(stderr: bool = False):

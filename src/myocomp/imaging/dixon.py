@@ -294,8 +294,9 @@ def load_dixon(
             )
         if not same_grid(img.affine, ref.affine, shape=ref.shape):
             raise GeometryError(
-                f"{role} image voxels lie up to {grid_distance_mm(img.affine, ref.affine, ref.shape):.3g}"
-                f" mm from the water image's ({water}); more than {AFFINE_ATOL:g} mm: not the same grid",
+                f"{role} image affine differs from the water image's ({water}): voxel corners up "
+                f"to {grid_distance_mm(img.affine, ref.affine, ref.shape):.3g} mm apart, more than "
+                f"{AFFINE_ATOL:g} mm: not the same grid",
                 source=paths[role],
             )
     arrays = {role: np.asanyarray(img.dataobj) for role, img in imgs.items()}

@@ -153,6 +153,15 @@ def _phase_ratio(w: np.ndarray, f: np.ndarray, ip: np.ndarray) -> float | None:
     return float(np.median(ip[use] / total[use])) if use.any() else None
 
 
+def _opposed_like(w: np.ndarray, f: np.ndarray, ip: np.ndarray) -> float:
+    """Fraction of voxels (with both water and fat > 0) whose IP lies closer to |W - F| than to W + F."""
+    use = np.isfinite(ip) & (w > 0) & (f > 0)
+    if not use.any():
+        return 0.0
+    w, f, ip = w[use], f[use], ip[use]
+    return float(np.mean(np.abs(ip - np.abs(w - f)) < np.abs(ip - (w + f))))
+
+
 def signal_check(dixon, config: QCConfig | None = None) -> SignalCheck:
     """Plausibility of the Dixon signals (see the module docstring); arrays are sampled on a
     stride of at most ~2 million voxels, the all-zero and identity tests use every voxel."""
@@ -177,8 +186,13 @@ def signal_check(dixon, config: QCConfig | None = None) -> SignalCheck:
     if dixon.in_phase is not None and not errors:
         ip = _sample(dixon.in_phase)
         ratio = _phase_ratio(w[tissue], f[tissue], ip[tissue])
+        opposed = _opposed_like(w[tissue], f[tissue], ip[tissue])
         lo, hi = config.phase_refuse
-        if ratio is not None and not lo <= ratio <= hi:
+        if opposed > 0.5:
+            errors.append(("in_phase", f"in-phase image is inconsistent with water + fat: in "
+                           f"{100 * opposed:.0f} % of tissue voxels it is closer to |W - F| than to "
+                           "W + F (an opposed-phase image given as in-phase?)"))
+        elif ratio is not None and not lo <= ratio <= hi:
             errors.append(("in_phase", f"in-phase image is inconsistent with water + fat (median "
                            f"IP / (W + F) = {ratio:.2f} where both are large; an opposed-phase "
                            "image given as in-phase, or differently scaled?)"))
