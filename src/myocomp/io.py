@@ -321,6 +321,22 @@ class StagedOutputs:
             with suppress(OSError):
                 folder.rmdir()
 
+    def target_of(self, path: str | Path) -> Path | None:
+        """The output a staging path (or a file inside a staged folder) stands for, else None."""
+        path = Path(path)
+        for staged, target in self._files:
+            if path == staged or path.parent == staged.parent and path.name.startswith(f".{staged.name}."):
+                return target
+        for staged, target in self._folders:
+            if path == staged or staged in path.parents:
+                return target / path.relative_to(staged)
+        return None
+
+    def first_target(self) -> Path | None:
+        """The first output registered (names a failure whose file is unknown)."""
+        targets = [t for _, t in self._folders] + [t for _, t in self._files]
+        return targets[0] if targets else None
+
     def cleanup(self) -> None:
         """Remove the staging folders."""
         for stage in self._stages.values():
@@ -334,6 +350,12 @@ def staged_outputs(protect: Iterable[str | Path] = ()) -> Iterator[StagedOutputs
     try:
         yield stage
         stage.commit()
+    except OSError as exc:
+        stage.rollback()
+        target = stage.target_of(exc.filename) if exc.filename else stage.first_target()
+        if target is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
     except BaseException:
         stage.rollback()
         raise
