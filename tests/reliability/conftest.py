@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from imaging.helpers import toy_volume
 from myocomp.cli import main
 from myocomp.io import save_nifti
-
-from imaging.helpers import toy_volume
 
 
 def snapshot(root: Path) -> dict[str, str]:
