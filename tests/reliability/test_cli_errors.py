@@ -82,6 +82,12 @@ OTHER_CASES = {
     "demo_cohort_n_3": (["demo", "--out", "{w}/demo", "--cohort-n", "3"], "--cohort-n"),
     "demo_workers_0": (["demo", "--out", "{w}/demo", "--workers", "0"], "--workers"),
     "demo_out_in_sys": (["demo", "--out", "/sys/demo"], "not writable"),
+    "phantom_voxel_size_0": (["phantom", "--out", "{w}/ph", "--voxel-size", "0"], "voxel_size"),
+    "phantom_orientation_xyz": (["phantom", "--out", "{w}/ph", "--orientation", "XYZ"], "orientation"),
+    "models_fetch_to_sys": (["models", "fetch", "phantom-demo", "--from-file", "{w}/none.tar",
+                             "--to", "/sys/models", "--force"], ""),
+    "predict_model_is_folder": (["predict", "--model", "{w}", "--age", "50", "--sex", "f", "--bmi",
+                                 "25", "--lean-volume-ml", "900"], "model file not found"),
     "no_such_command": (["nonsense"], "no such command"),
 }
 
@@ -110,3 +116,25 @@ def test_segment_error_is_not_preceded_by_channel_lines(work, capsys):
                    "--image", str(work / "fat.nii.gz"), "--out", str(work / "seg.nii.gz")], capsys)
     assert_refused(res)
     assert "channel" not in res.out + res.err
+
+
+def test_library_warnings_go_to_the_provenance_not_the_terminal(work, capsys, monkeypatch):
+    import json
+    import warnings
+
+    import myocomp.imaging.composition as composition
+
+    real = composition.quantify
+
+    def noisy(*args, **kwargs):
+        warnings.warn("invalid value encountered in divide", RuntimeWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(composition, "quantify", noisy)
+    res = run_cli(["quantify", "--water", work / "water.nii.gz", "--fat", work / "fat.nii.gz",
+                   "--labels", work / "labels.nii.gz", "--out", work / "m.csv",
+                   "--provenance", work / "p.json", "--groups", "back"], capsys)
+    assert res.code == 0, res.err
+    assert "RuntimeWarning" not in res.err + res.out
+    recorded = json.loads((work / "p.json").read_text())["warnings"]
+    assert "RuntimeWarning: invalid value encountered in divide" in recorded
