@@ -160,7 +160,7 @@ def check_declared_size(img: nib.Nifti1Image, path: str | Path, *, role: str = "
         if needed > size * GZIP_MAX_RATIO or (isize is not None and needed < 2**32 and isize < needed):
             raise InputFileError(
                 f"{role} image header declares {needed:,} bytes of data but the compressed file "
-                f"({size:,} bytes) holds {'at most far less' if isize is None else f'{isize:,}'}: "
+                f"({size:,} bytes) holds {'far less' if isize is None else f'{isize:,} bytes uncompressed'}: "
                 "truncated or corrupt", source=path)
     elif needed > size:
         raise InputFileError(f"{role} image header declares {needed:,} bytes but the file has "
