@@ -153,6 +153,11 @@ def _phase_ratio(w: np.ndarray, f: np.ndarray, ip: np.ndarray) -> float | None:
     return float(np.median(ip[use] / total[use])) if use.any() else None
 
 
+def _all_zero(arr: np.ndarray) -> bool:
+    """True if every finite voxel is 0 (NaN voxels ignored)."""
+    return not np.any(np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=1.0))
+
+
 def _opposed_like(w: np.ndarray, f: np.ndarray, ip: np.ndarray) -> float:
     """Fraction of voxels (with both water and fat > 0) whose IP lies closer to |W - F| than to W + F."""
     use = np.isfinite(ip) & (w > 0) & (f > 0)
@@ -170,21 +175,22 @@ def signal_check(dixon, config: QCConfig | None = None) -> SignalCheck:
                 "opposed_phase": dixon.opposed_phase}
     errors: list[tuple[str, str]] = []
     notes: list[str] = []
-    for role, arr in channels.items():
-        if arr is not None and not np.any(np.nan_to_num(arr, nan=0.0, posinf=1, neginf=1)):
+    samples = {role: _sample(arr) for role, arr in channels.items() if arr is not None}
+    for role, sample in samples.items():
+        if not np.any(np.nan_to_num(sample, nan=0.0)) and _all_zero(channels[role]):
             errors.append((role, f"{role} image is all zero"))
     if dixon.fat is None or errors:
         return SignalCheck(tuple(errors), tuple(notes))
-    if np.array_equal(dixon.water, dixon.fat, equal_nan=True):
+    w, f = samples["water"], samples["fat"]
+    if np.array_equal(w, f, equal_nan=True) and np.array_equal(dixon.water, dixon.fat, equal_nan=True):
         return SignalCheck((("fat", "water and fat images are identical (the same file twice?)"),))
-    w, f = _sample(dixon.water), _sample(dixon.fat)
     magnitude = np.nan_to_num(np.abs(w) + np.abs(f), nan=0.0)
     tissue = magnitude > 0.05 * np.percentile(magnitude, 99)
     _negative_fraction("water", w[tissue], config, errors, notes)
     _negative_fraction("fat", f[tissue], config, errors, notes)
     ratio = None
     if dixon.in_phase is not None and not errors:
-        ip = _sample(dixon.in_phase)
+        ip = samples["in_phase"]
         ratio = _phase_ratio(w[tissue], f[tissue], ip[tissue])
         opposed = _opposed_like(w[tissue], f[tissue], ip[tissue])
         lo, hi = config.phase_refuse
