@@ -16,6 +16,18 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
+def _check_segment_output(out: Path, images: list[Path], model: str) -> None:
+    """Refuse an --out that is not NIfTI, or that would overwrite an image or the model folder."""
+    from myocomp.io import check_output_paths
+
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise ConfigError("--out must end in .nii or .nii.gz", source=out)
+    inputs = {f"--image {i + 1}": p for i, p in enumerate(images)}
+    if Path(model).exists():
+        inputs["--model"] = Path(model)
+    check_output_paths({"--out": out}, inputs)
+
+
 @app.command("segment")
 def segment_command(
     model: str = typer.Option(..., "--model", help="nnU-Net v2 results folder or registry name."),
@@ -60,16 +72,11 @@ def segment_command(
     from myocomp.segment.models import resolve_model
     from myocomp.segment.nnunet import load_model_spec, segment_arrays
 
-    if not out.name.endswith((".nii", ".nii.gz")):
-        raise ConfigError("--out must end in .nii or .nii.gz", source=out)
-    inputs = {f"--image {i + 1}": p for i, p in enumerate(image)}
-    if Path(model).exists():
-        inputs["--model"] = Path(model)
-    check_output_paths({"--out": out}, inputs)
+    _check_segment_output(out, image, model)
     model_dir = resolve_model(model)
     spec = load_model_spec(model_dir, orientation)
     check_output_paths({"--out": out}, {"model folder": model_dir})
-    lines: list[str] = []
+    lines: list[str] = []  # printed after success, so that an error is the only line
     imgs = [load_nifti(p, role=f"image {i}") for i, p in enumerate(image)]
     ref = imgs[0]
     for path, img in zip(image[1:], imgs[1:], strict=True):
@@ -104,14 +111,13 @@ def segment_command(
     labelmap_from_array(labels, ref.affine, prof, source=str(out))  # ids known, muscles present
     with staged_outputs(protect=[*image, model_dir]) as stage:
         save_labels(labels, ref.affine, stage.file(out))
-    written = out
     for line in lines:
         typer.echo(line)
     ids, counts = np.unique(labels[labels != 0], return_counts=True)
     summary = ", ".join(
         f"{prof.ids.get(int(i), i)}={int(c)}" for i, c in zip(ids, counts, strict=True)
     )
-    typer.echo(f"wrote {written} ({summary} voxels); profile for quantify: {spec.dataset_json}")
+    typer.echo(f"wrote {out} ({summary} voxels); profile for quantify: {spec.dataset_json}")
 
 
 @models_app.command("list")
