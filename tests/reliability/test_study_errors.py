@@ -98,6 +98,8 @@ def test_exclude_flagged_drops_participants_with_any_flag():
     assert list(kept["participant_id"]) == ["c"]
     assert "excluding 2" in said[0]
     assert len(exclude_flagged(table, include_flagged=True)) == 4
+    # only the analysed group's rows count: a's psoas flag does not exclude it from 'back'
+    assert list(exclude_flagged(table, group="back")["participant_id"]) == ["a", "a", "c"]
 
 
 PREDICT = ["predict", "--model", "{m}", "--age", "50", "--sex", "female", "--bmi", "25",

@@ -60,11 +60,15 @@ def _flagged(table: pd.DataFrame) -> pd.Series:
 
 
 def exclude_flagged(table: pd.DataFrame | None, include_flagged: bool = False,
-                    say: Callable[[str], None] = lambda _m: None) -> pd.DataFrame | None:
-    """Drop rows (participants) with any ``qc_*`` flag set unless ``include_flagged``; say how many."""
+                    say: Callable[[str], None] = lambda _m: None,
+                    group: str | None = None) -> pd.DataFrame | None:
+    """Drop the participants whose rows (of ``group``, when given and the table has a ``group``
+    column) carry any ``qc_*`` flag, unless ``include_flagged``; say how many."""
     if table is None:
         return None
     flags = _flagged(table)
+    if group is not None and "group" in table.columns:
+        flags &= table["group"].astype(str) == group
     if not flags.any():
         return table
     ids = table.loc[flags, "participant_id"] if "participant_id" in table.columns else flags[flags]

@@ -119,7 +119,7 @@ def run_study(
     say("reading and validating phenotypes")
     pheno = validate_phenotypes(_as_table(data), cfg)
     metric_table = None if metrics is None else checks.validate_metrics(_as_table(metrics))
-    metric_table = checks.exclude_flagged(metric_table, cfg.include_flagged, say)
+    metric_table = checks.exclude_flagged(metric_table, cfg.include_flagged, say, cfg.group)
     pheno = checks.exclude_flagged(pheno, cfg.include_flagged, say) if metrics is None else pheno
     joined, join = join_metrics(pheno, metric_table, group=cfg.group)
     d, zmodel = an.prepare_analysis_data(joined, cfg)
