@@ -42,7 +42,15 @@ def atomic_path(path: str | Path):
 
 
 def current_umask() -> int:
-    """The process umask (read without changing it for longer than one call)."""
+    """The process umask: from /proc/self/status where it exists (no change, safe beside threads),
+    else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -184,7 +192,7 @@ def _inside(child: Path, folder: Path) -> bool:
 
 def check_output_paths(
     outputs: Mapping[str, str | Path | None],
-    inputs: Mapping[str, str | Path | None] = {},  # noqa: B006 - read only
+    inputs: Mapping[str, str | Path | None] | None = None,
     *,
     folders: Iterable[str] = (),
 ) -> None:
@@ -198,7 +206,7 @@ def check_output_paths(
     """
     folders = set(folders)
     outs = {k: resolve(v) for k, v in outputs.items() if v is not None}
-    ins = {k: resolve(v) for k, v in inputs.items() if v is not None}
+    ins = {k: resolve(v) for k, v in (inputs or {}).items() if v is not None}
     for name, out in outs.items():
         for in_name, inp in ins.items():
             if _same(out, inp):
