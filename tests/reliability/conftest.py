@@ -101,11 +101,11 @@ def _header_bombs(d: Path) -> None:
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory) -> Path:
-    """A 400-person synthetic cohort (phenotypes with metrics) as CSV, plus broken variants."""
+    """A 300-person synthetic cohort (phenotypes with metrics) as CSV, plus broken variants."""
     from myocomp.synth.cohort import simulate_cohort
 
     d = tmp_path_factory.mktemp("cohort")
-    data = simulate_cohort(400, seed=3).data
+    data = simulate_cohort(300, seed=3).data
     data.to_csv(d / "cohort.csv", index=False)
     metric_cols = ["volume_ml", "ff_mean", "lean_volume_ml", "intermat_volume_ml", "intermat_fraction"]
     pheno = data.drop(columns=[*metric_cols, "group", "lmm"])

@@ -111,10 +111,11 @@ def test_grid_tolerance_is_on_voxel_positions():
 
 
 def _peak_rss_mb(script: str) -> tuple[int, float, str]:
-    """Run ``script`` in a fresh interpreter; it prints its exit code; returns (code, MB, stderr)."""
+    """Run ``script`` (which sets RC) in a fresh interpreter; returns (RC, peak RSS in MB, stderr)."""
+    # VmHWM is the peak of this process image (ru_maxrss would keep a forked parent's peak)
     code = textwrap.dedent(script) + textwrap.dedent("""
-        import resource
-        print(RC, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+        print(RC, hwm[0])
     """)
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
