@@ -119,7 +119,8 @@ def _bad_model(study_run, tmp_path, change):
     ("lean_nan", ["--lean-volume-ml", "nan"], "lean_volume_ml"),
     ("lean_negative", ["--lean-volume-ml", "-5"], "lean_volume_ml"),
     ("age_15", ["--lean-volume-ml", "900", "--age", "15"], "age"),
-    ("intermat_fraction_2", ["--lean-volume-ml", "900", "--intermat-fraction", "2"], "intermat_fraction"),
+    ("intermat_negative", ["--lean-volume-ml", "900", "--intermat-ml", "-1"], "intermat_ml"),
+    ("bmi_200", ["--lean-volume-ml", "900", "--bmi", "200"], "bmi"),
     ("height_text", ["--lean-volume-ml", "900", "--height-cm", "tall"], "--height-cm"),
 ])
 def test_predict_inputs_range_checked(case, extra, expect, study_run, capsys):
