@@ -1,18 +1,12 @@
-"""Label vocabulary: canonical muscle names, groups, and the label profiles of real segmenters.
+"""Label vocabulary: canonical muscle names, groups, and the versioned label profiles of segmenters.
 
 A *label profile* maps one tool's label ids to names. Muscles get canonical names (lower case,
-side last: ``autochthon_left``); other structures keep the tool's own name. Ids were taken from
-each tool's published table:
-
-- ``mrsegmentator``: MRSegmentator's 40 classes (hhaentze/MRSegmentator, class_codes), 31-40 muscles.
-- ``totalsegmentator_mr`` (alias ``total_mr``): TotalSegmentator 2.0-2.4 task ``total_mr``
-  (50 classes), 40-49 muscles. The later 56-class ``total_mr`` of newer TotalSegmentator releases
-  is ``totalsegmentator_mr_56`` (muscles 38-55): choose the profile of the version that wrote the
-  labels; the two disagree on ids 30-50.
-- ``totalvibeseg``: TotalVibeSegmentator (robert-graf/TotalVibeSegmentator README, 72 classes),
-  53-62 muscles, 66 unspecified muscle.
-- ``musclemap``: MuscleMap whole-body labels (MuscleMap/MuscleMap docs/anatomy.md), 4-digit ids
-  whose last digit is the side (1 left, 2 right).
+side last: ``autochthon_left``); fat classes keep canonical tissue names (``subcutaneous_fat``,
+``visceral_fat``, ``torso_fat``, ``inner_fat``); other structures keep the tool's own name. Every
+built-in profile records the tool, the releases it covers and the table it was read from
+(:data:`PROFILE_INFO`, ``myocomp profiles``). Two releases of one tool that number their classes
+differently are two profiles; :mod:`myocomp.imaging.anatomy` checks a label map against the
+anatomy its profile implies, so a map read with the wrong release's table is refused.
 """
 
 from __future__ import annotations
@@ -43,12 +37,23 @@ MUSCLE_BASES = frozenset(
         "leg_lateral_compartment", "levator_scapulae", "semispinalis_cervicis_multifidus",
         "semispinalis_capitis", "splenius_capitis", "sternocleidomastoid", "longus_colli",
         "trapezius", "supraspinatus", "subscapularis", "infraspinatus", "deltoid", "rhomboid",
-        "muscle",
+        "muscle", "rectus_abdominis", "abdominal_oblique", "coracobrachialis", "pectoralis_minor",
+        "serratus_anterior", "teres_major", "triceps_brachii", "piriformis", "pectineus",
+        "obturator_internus", "obturator_externus", "gemelli_quadratus_femoris",
+        "tibialis_anterior", "tibialis_posterior", "peroneus_longus", "medial_gastrocnemius",
+        "lateral_gastrocnemius", "flexor_hallucis_longus", "extensor_digitorum_hallucis_longus",
+        "flexor_digitorum_longus", "popliteus", "plantaris",
     }
 )
 
 #: Tissue labels some models provide.
-TISSUE_LABELS = ("subcutaneous_fat", "visceral_fat", "muscle")
+TISSUE_LABELS = ("subcutaneous_fat", "visceral_fat", "torso_fat", "inner_fat", "muscle")
+#: Fat classes (canonical tissue names); the MRSegmentator body-composition regions of
+#: subcutaneous fat keep their region in the name.
+FAT_LABELS = frozenset(
+    {"subcutaneous_fat", "visceral_fat", "torso_fat", "inner_fat", "abdominal_subcutaneous_fat",
+     "gluteofemoral_fat"}
+)
 
 #: Muscle groups by member base names; ``all`` means every muscle label present.
 GROUP_BASES: dict[str, frozenset[str] | None] = {
@@ -98,7 +103,9 @@ _BASE_SYNONYMS = {
     "autochthon_muscle": "autochthon", "iliopsoas_muscle": "iliopsoas", "psoas": "psoas_major",
     "lattisimus_dorsi": "latissimus_dorsi", "thoracolumbar_multifidus": "multifidus",
     "semispinalis_cervicis_and_multifidus": "semispinalis_cervicis_multifidus",
-    "skeletal_muscle": "muscle",
+    "skeletal_muscle": "muscle", "latissimus_dorsi_muscle": "latissimus_dorsi",
+    "tensor_fasciae_latae": "tensor_fascia_latae", "coracobrachial": "coracobrachialis",
+    "gemelli_and_quadratus_femoris": "gemelli_quadratus_femoris", "oblique_muscle": "abdominal_oblique",
 }
 
 
@@ -124,6 +131,9 @@ class LabelProfile:
 
     name: str
     ids: dict[int, str] = field(hash=False)
+    tool: str = ""
+    versions: str = ""
+    source: str = ""
 
     def muscle_ids(self) -> dict[int, str]:
         """The ids that denote skeletal muscles, with their canonical names."""
@@ -164,7 +174,7 @@ _TOTAL_MR_COMMON = {
     27: "iliac_artery_right", 28: "iliac_vena_left", 29: "iliac_vena_right",
     30: "humerus_left", 31: "humerus_right",
 }
-_TOTAL_MR = {
+_TOTAL_MR = {  # 2.5.0+: 50 classes
     **_TOTAL_MR_COMMON, 32: "scapula_left", 33: "scapula_right", 34: "clavicula_left",
     35: "clavicula_right", 36: "femur_left", 37: "femur_right", 38: "hip_left", 39: "hip_right",
     **_sided({
@@ -173,7 +183,7 @@ _TOTAL_MR = {
     }),
     50: "brain",
 }
-_TOTAL_MR_56 = {
+_TOTAL_MR_56 = {  # 2.2.1-2.4.0: 56 classes
     **_TOTAL_MR_COMMON, 32: "fibula", 33: "tibia", 34: "femur_left", 35: "femur_right",
     36: "hip_left", 37: "hip_right",
     **_sided({
@@ -183,6 +193,21 @@ _TOTAL_MR_56 = {
         "sartorius": (54, 55),
     }),
     56: "brain",
+}
+_TISSUE_TYPES_MR = {1: "subcutaneous_fat", 2: "torso_fat", 3: "muscle"}
+_THIGH_SHOULDER_MR = {
+    **_sided({
+        "quadriceps_femoris": (1, 2), "thigh_medial_compartment": (3, 4),
+        "thigh_posterior_compartment": (5, 6), "sartorius": (7, 8),
+    }),
+    9: "deltoid", 10: "supraspinatus", 11: "infraspinatus", 12: "subscapularis",
+    13: "coracobrachialis", 14: "trapezius", 15: "pectoralis_minor", 16: "serratus_anterior",
+    17: "teres_major", 18: "triceps_brachii",
+}
+_MRSEG_BODYCOMP = {
+    1: "subcutaneous_fat", 2: "visceral_fat",
+    **_sided({"rectus_abdominis": (3, 4), "abdominal_oblique": (5, 6), "quadratus_lumborum": (7, 8)}),
+    9: "abdominal_subcutaneous_fat", 10: "gluteofemoral_fat",
 }
 _TOTALVIBE = {
     1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
@@ -203,11 +228,12 @@ _TOTALVIBE = {
         "gluteus_maximus": (53, 54), "gluteus_medius": (55, 56), "gluteus_minimus": (57, 58),
         "autochthon": (59, 60), "iliopsoas": (61, 62),
     }),
-    63: "sternum", 64: "costal_cartilages", 65: "outer_skin", 66: "muscle", 67: "inner_fat",
+    63: "sternum", 64: "costal_cartilages", 65: "subcutaneous_fat", 66: "muscle", 67: "inner_fat",
     68: "intervertebral_discs", 69: "vertebra_body", 70: "vertebra_posterior_elements",
     71: "spinal_channel", 72: "bone_other",
 }
-_MUSCLEMAP_BASES = {
+#: MuscleMap whole-body ids: region digit, structure, last digit 1 = left, 2 = right.
+_MUSCLEMAP_TRUNK = {
     1101: "levator_scapulae", 1111: "semispinalis_cervicis_multifidus",
     1121: "semispinalis_capitis", 1131: "splenius_capitis", 1141: "sternocleidomastoid",
     1151: "longus_colli", 1161: "trapezius", 2101: "supraspinatus", 2111: "subscapularis",
@@ -215,27 +241,114 @@ _MUSCLEMAP_BASES = {
     5111: "erector_spinae", 5121: "psoas_major", 5131: "quadratus_lumborum",
     5141: "latissimus_dorsi", 6101: "gluteus_minimus", 6111: "gluteus_medius",
     6121: "gluteus_maximus", 6131: "tensor_fascia_latae", 6141: "iliacus", 6151: "ilium",
-    6171: "femur", 7101: "vastus_lateralis", 7111: "vastus_intermedius",
-    7121: "vastus_medialis", 7131: "rectus_femoris", 7141: "sartorius", 7151: "gracilis",
-    7161: "semimembranosus", 7171: "semitendinosus", 7181: "biceps_femoris_long_head",
-    7191: "biceps_femoris_short_head", 7201: "adductor_magnus", 7211: "adductor_longus",
-    7221: "adductor_brevis", 8101: "leg_anterior_compartment",
-    8111: "leg_deep_posterior_compartment", 8121: "leg_lateral_compartment", 8131: "soleus",
-    8141: "gastrocnemius", 8151: "tibia", 8161: "fibula",
+    6171: "femur",
 }
-_MUSCLEMAP = {
-    **{i + k: f"{b}_{s}" for i, b in _MUSCLEMAP_BASES.items() for k, s in enumerate(SIDES)},
-    6160: "sacrum",
+_MUSCLEMAP_HIP_ROTATORS = {  # added in v1.2
+    6181: "piriformis", 6191: "pectineus", 6201: "obturator_internus",
+    6211: "obturator_externus", 6221: "gemelli_quadratus_femoris",
 }
+_MUSCLEMAP_THIGH = {
+    7101: "vastus_lateralis", 7111: "vastus_intermedius", 7121: "vastus_medialis",
+    7131: "rectus_femoris", 7141: "sartorius", 7151: "gracilis", 7161: "semimembranosus",
+    7171: "semitendinosus", 7181: "biceps_femoris_long_head", 7191: "biceps_femoris_short_head",
+    7201: "adductor_magnus", 7211: "adductor_longus", 7221: "adductor_brevis",
+}
+_MUSCLEMAP_LEG_V1 = {  # v1.0-v1.3
+    8101: "leg_anterior_compartment", 8111: "leg_deep_posterior_compartment",
+    8121: "leg_lateral_compartment", 8131: "soleus", 8141: "gastrocnemius", 8151: "tibia",
+    8161: "fibula",
+}
+_MUSCLEMAP_LEG_V14 = {  # v1.4 reassigns 8101-8221
+    8101: "tibialis_anterior", 8111: "tibialis_posterior", 8121: "peroneus_longus",
+    8131: "soleus", 8141: "medial_gastrocnemius", 8151: "lateral_gastrocnemius", 8161: "tibia",
+    8171: "fibula", 8181: "flexor_hallucis_longus", 8191: "extensor_digitorum_hallucis_longus",
+    8201: "flexor_digitorum_longus", 8211: "popliteus", 8221: "plantaris",
+}
+
+
+def _musclemap(*tables: dict[int, str]) -> dict[int, str]:
+    bases = {i: b for t in tables for i, b in t.items()}
+    return {**{i + k: f"{b}_{s}" for i, b in bases.items() for k, s in enumerate(SIDES)}, 6160: "sacrum"}
+
+
+_MUSCLEMAP_V10 = _musclemap(_MUSCLEMAP_TRUNK, _MUSCLEMAP_THIGH, _MUSCLEMAP_LEG_V1)
+_MUSCLEMAP_V12 = _musclemap(_MUSCLEMAP_TRUNK, _MUSCLEMAP_HIP_ROTATORS, _MUSCLEMAP_THIGH, _MUSCLEMAP_LEG_V1)
+_MUSCLEMAP_V14 = _musclemap(
+    _MUSCLEMAP_TRUNK, _MUSCLEMAP_HIP_ROTATORS, _MUSCLEMAP_THIGH, {7231: "patella"}, _MUSCLEMAP_LEG_V14
+)
 
 BUILTIN_PROFILES: dict[str, dict[int, str]] = {
     "mrsegmentator": _MRSEG,
+    "mrsegmentator_bodycomp": _MRSEG_BODYCOMP,
     "totalsegmentator_mr": _TOTAL_MR,
     "totalsegmentator_mr_56": _TOTAL_MR_56,
+    "totalsegmentator_tissue_types_mr": _TISSUE_TYPES_MR,
+    "totalsegmentator_thigh_shoulder_mr": _THIGH_SHOULDER_MR,
     "totalvibeseg": _TOTALVIBE,
-    "musclemap": _MUSCLEMAP,
+    "musclemap_v1.0": _MUSCLEMAP_V10,
+    "musclemap_v1.2": _MUSCLEMAP_V12,
+    "musclemap_v1.4": _MUSCLEMAP_V14,
 }
-PROFILE_ALIASES = {"total_mr": "totalsegmentator_mr", "totalvibesegmentator": "totalvibeseg"}
+
+_TS_MAP = "wasserth/TotalSegmentator totalsegmentator/map_to_binary.py"
+#: name -> (tool, releases covered, table the ids were read from).
+PROFILE_INFO: dict[str, tuple[str, str, str]] = {
+    "mrsegmentator": (
+        "MRSegmentator", "1.0.0-2.x (base model, 40 classes)",
+        "hhaentze/MRSegmentator README 'Class details' and src/dicom_helper/class_codes.py",
+    ),
+    "mrsegmentator_bodycomp": (
+        "MRSegmentator", "2.0.0+ --body_comp model (10 classes, MRI only)",
+        "hhaentze/MRSegmentator README v2.0.0 'Body Composition (Exclusively MRI)'",
+    ),
+    "totalsegmentator_mr": (
+        "TotalSegmentator", "2.5.0+ task total_mr (50 classes)",
+        f"{_TS_MAP} class_map['total_mr'] (commit 0275d30); issues #424, #479, #497",
+    ),
+    "totalsegmentator_mr_56": (
+        "TotalSegmentator", "2.2.1-2.4.0 task total_mr (56 classes)",
+        "the 56-class total_mr table of v2.4.0 (README 'Class details' of v2.4.0, issue #497); "
+        "read from a verbatim copy of that table, not from the v2.4.0 file itself",
+    ),
+    "totalsegmentator_tissue_types_mr": (
+        "TotalSegmentator", "2.5.0+ task tissue_types_mr (3 classes; licensed weights)",
+        f"{_TS_MAP} class_map['tissue_types_mr'] (commit 0275d30)",
+    ),
+    "totalsegmentator_thigh_shoulder_mr": (
+        "TotalSegmentator", "2.5.0+ task thigh_shoulder_muscles_mr (18 classes; licensed weights)",
+        f"{_TS_MAP} class_map['thigh_shoulder_muscles_mr'] (commit 0275d30)",
+    ),
+    "totalvibeseg": (
+        "TotalVibeSegmentator", "README since commit f01ce67 (2024-06; id 65 subcutaneous_fat)",
+        "robert-graf/TotalVibeSegmentator README 'Label overview' (commit 8273189)",
+    ),
+    "musclemap_v1.0": (
+        "MuscleMap", "whole-body model v1.0-v1.1 (89 labels)",
+        "MuscleMap/MuscleMap scripts/models/wholebody/contrast_agnostic_wholebody_model.json "
+        "(version 1.0: commit 1ddede3; version 1.1: build/lib copy, commit d178649)",
+    ),
+    "musclemap_v1.2": (
+        "MuscleMap", "whole-body model v1.2-v1.3 (99 labels: + 6181-6222 hip rotators)",
+        "MuscleMap/MuscleMap contrast_agnostic_wholebody_model.json version 1.2 (commit 2a38b07); "
+        "v1.3 label space of the neurodesk MuscleMap web app model registry (same 99 labels)",
+    ),
+    "musclemap_v1.4": (
+        "MuscleMap", "whole-body model v1.4 (113 labels: + 7231 patella, 8101-8222 reassigned)",
+        "label space 'musclemap-wholebody-v1.4' of the neurodesk MuscleMap web app model registry "
+        "(Zenodo 10.5281/zenodo.21929873, upstream revision 6e1e1eb)",
+    ),
+}
+PROFILE_ALIASES = {
+    "total_mr": "totalsegmentator_mr", "totalvibesegmentator": "totalvibeseg",
+    "musclemap": "musclemap_v1.4",
+}
+#: ``--profile auto``: choose the built-in profile whose id set and anatomy fit the label map.
+AUTO_PROFILE = "auto"
+
+
+def builtin_profiles() -> list[LabelProfile]:
+    """Every built-in profile, in the order of :data:`BUILTIN_PROFILES`."""
+    return [get_profile(name) for name in BUILTIN_PROFILES]
 
 
 def get_profile(name_or_path: str | Path) -> LabelProfile:
@@ -247,7 +360,8 @@ def get_profile(name_or_path: str | Path) -> LabelProfile:
     key = str(name_or_path)
     key = PROFILE_ALIASES.get(key.lower(), key.lower()) if not key.endswith(".json") else key
     if key in BUILTIN_PROFILES:
-        return LabelProfile(key, dict(BUILTIN_PROFILES[key]))
+        tool, versions, source = PROFILE_INFO[key]
+        return LabelProfile(key, dict(BUILTIN_PROFILES[key]), tool, versions, source)
     path = Path(str(name_or_path))
     if path.suffix.lower() == ".json":
         if not path.is_file():
@@ -258,6 +372,8 @@ def get_profile(name_or_path: str | Path) -> LabelProfile:
             raise LabelError(f"label profile is not valid JSON ({exc})", source=path) from exc
         if isinstance(content, dict) and "channel_names" in content:
             return profile_from_dataset_json(content, name=str(path))
+        if isinstance(content, dict) and isinstance(content.get("labels"), list):
+            return profile_from_label_list(content["labels"], name=str(path))
         return profile_from_mapping(content.get("labels", content) if isinstance(content, dict) else content, name=str(path))
     known = ", ".join([*BUILTIN_PROFILES, *PROFILE_ALIASES])
     raise LabelError(f"unknown label profile {str(name_or_path)!r}; use one of {known}, or a .json mapping")
@@ -279,6 +395,20 @@ def profile_from_mapping(mapping: Any, name: str = "user") -> LabelProfile:
             raise LabelError(f"label {i} name must be a string, got {v!r}", source=name)
         ids[i] = canonical_name(v)
     return LabelProfile(name, ids)
+
+
+def profile_from_label_list(labels: list, name: str = "user") -> LabelProfile:
+    """Profile from a MuscleMap model JSON ``labels`` list: ``{"value", "anatomy"|"muscle", "side"}``."""
+    mapping: dict[int, str] = {}
+    for entry in labels:
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise LabelError(f"label entry {entry!r} has no 'value'", source=name)
+        structure = entry.get("anatomy", entry.get("muscle"))
+        if not isinstance(structure, str):
+            raise LabelError(f"label {entry['value']!r} has no 'anatomy' or 'muscle' name", source=name)
+        side = str(entry.get("side", ""))
+        mapping[entry["value"]] = f"{structure} {side}" if side in SIDES else structure
+    return profile_from_mapping(mapping, name=name)
 
 
 def profile_from_dataset_json(dataset: str | Path | dict, name: str | None = None) -> LabelProfile:
