@@ -358,6 +358,9 @@ def get_profile(name_or_path: str | Path) -> LabelProfile:
     ``"labels"`` key); a ``dataset.json`` maps names to ids (nnU-Net v2 convention).
     """
     key = str(name_or_path)
+    if key.lower() == AUTO_PROFILE:
+        raise LabelError("profile 'auto' is chosen per label map (load_labels / labelmap_from_array), "
+                         "not a fixed table")
     key = PROFILE_ALIASES.get(key.lower(), key.lower()) if not key.endswith(".json") else key
     if key in BUILTIN_PROFILES:
         tool, versions, source = PROFILE_INFO[key]
@@ -442,6 +445,7 @@ class LabelMap:
     data: np.ndarray
     affine: np.ndarray
     profile: LabelProfile
+    anatomy: dict | None = None  # how the profile was checked or chosen (provenance)
 
     def present_ids(self) -> np.ndarray:
         return present_label_ids(self.data)
@@ -459,34 +463,27 @@ def present_label_ids(data: np.ndarray) -> np.ndarray:
     return present[present != 0]
 
 
-def _validate_ids(data: np.ndarray, profile: LabelProfile, source: str | None) -> None:
-    present = present_label_ids(data)
-    unknown = [int(i) for i in present if int(i) not in profile.ids]
-    if unknown:
-        shown = ", ".join(map(str, unknown[:12])) + (" ..." if len(unknown) > 12 else "")
-        raise LabelError(
-            f"label ids {shown} are not in profile {profile.name!r}: wrong --profile?", source=source
-        )
-    muscles = set(profile.muscle_ids())
-    if not any(int(i) in muscles for i in present):
-        raise LabelError(f"no muscle label of profile {profile.name!r} present (empty muscle labels)", source=source)
-
-
 def labelmap_from_array(
     data: np.ndarray,
     affine: np.ndarray,
     profile: LabelProfile | str,
     reference: Any | None = None,
     source: str | None = None,
+    *,
+    anatomy_check: bool = True,
 ) -> LabelMap:
     """Validate an in-memory label volume and return a canonical :class:`LabelMap`.
 
-    Checks: 3-D integer values, ids known to the profile, at least one muscle label, and (with a
-    ``reference`` DixonVolume) the same grid as the reference after canonical reorientation.
+    Checks: 3-D integer values, (with a ``reference`` DixonVolume) the same grid as the reference
+    after canonical reorientation, ids known to the profile, at least one muscle label, and the
+    anatomy the profile implies (:func:`myocomp.imaging.anatomy.verify_profile`; the reference's
+    water image gives the body outline). ``profile="auto"`` chooses the built-in profile that
+    fits; ``anatomy_check=False`` skips the anatomy rules (recorded in ``LabelMap.anatomy``).
     """
+    from myocomp.imaging.anatomy import verify_profile
     from myocomp.imaging.dixon import canonical, check_affine, same_grid
 
-    if isinstance(profile, str):
+    if isinstance(profile, str) and profile.lower() != AUTO_PROFILE:
         profile = get_profile(profile)
     data = np.asarray(data)
     if data.ndim != 3:
@@ -512,16 +509,21 @@ def labelmap_from_array(
                 f"{np.abs(new_affine - reference.affine).max():.3g} mm: labels are on another grid",
                 source=source,
             )
-    _validate_ids(data, profile, source)
-    return LabelMap(data=data, affine=new_affine, profile=profile)
+    image = getattr(reference, "water", None)
+    profile, record = verify_profile(data, new_affine, profile, image=image, check=anatomy_check, source=source)
+    return LabelMap(data=data, affine=new_affine, profile=profile, anatomy=record)
 
 
-def load_labels(path: str | Path, profile: LabelProfile | str, reference: Any | None = None) -> LabelMap:
+def load_labels(
+    path: str | Path, profile: LabelProfile | str, reference: Any | None = None, *, anatomy_check: bool = True
+) -> LabelMap:
     """Load a label map NIfTI (see :func:`labelmap_from_array` for the checks)."""
     from myocomp.imaging.dixon import load_nifti
 
     img = load_nifti(path, role="label map")
-    return labelmap_from_array(np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path))
+    return labelmap_from_array(
+        np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path), anatomy_check=anatomy_check
+    )
 
 
 def save_labels(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
