@@ -13,6 +13,7 @@ from myocomp.errors import ConfigError, InputFileError
 BATCH_KEYS = frozenset(
     {
         "workers", "scheduler", "model", "device", "profile", "fat_threshold", "band_mm",
+        "skip_anatomy_check",
         "groups", "volume_ranges", "min_label_ml", "max_anisotropy",
     }
 )  # fmt: skip
@@ -114,6 +115,10 @@ def batch(
         help="QC: muscles smaller than this (mL) count as missing (default 1).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    skip_anatomy_check: bool = typer.Option(
+        False, "--skip-anatomy-check",
+        help="Do not check label maps against anatomy (odd fields of view); recorded in each provenance.",
+    ),
 ) -> None:
     """Process a cohort on Dask: one resumable task per participant, failures listed in errors.csv."""
     from rich.console import Console
@@ -165,6 +170,7 @@ def batch(
             min_label_ml=float(pick(min_label_ml, "min_label_ml", 1.0)),
             max_anisotropy=float(cfg.get("max_anisotropy", 4.0)),
         ),
+        skip_anatomy_check=bool(skip_anatomy_check or cfg.get("skip_anatomy_check", False)),
     )
     if not 0.0 < params.fat_threshold < 1.0:
         raise ConfigError(f"--fat-threshold {params.fat_threshold:g} must lie between 0 and 1")

@@ -47,7 +47,7 @@ def quantify(
     fat: Path | None = typer.Option(None, "--fat", help="Fat image (NIfTI). Omit for the approximate single-contrast (GMM) mode."),
     in_phase: Path | None = typer.Option(None, "--in-phase", help="In-phase image: enables magnitude discrimination, which removes the noise-floor bias of FF in lean muscle."),
     opposed_phase: Path | None = typer.Option(None, "--opposed-phase", help="Opposed-phase image (checked for geometry, recorded)."),
-    profile: str = typer.Option("mrsegmentator", "--profile", help="Label profile: mrsegmentator, totalsegmentator_mr (total_mr), totalsegmentator_mr_56, totalvibeseg, musclemap, or a dataset.json / {id: name} JSON file."),
+    profile: str = typer.Option("mrsegmentator", "--profile", help="Label profile: a built-in name (see 'myocomp profiles': mrsegmentator, totalsegmentator_mr = TotalSegmentator 2.5.0+, totalsegmentator_mr_56 = 2.2.1-2.4.0, musclemap = musclemap_v1.4, ...), 'auto' (the built-in profile whose ids and anatomy fit; ambiguity is an error), or a dataset.json / {id: name} / MuscleMap model JSON file."),
     participant_id: str | None = typer.Option(None, "--participant-id", help="Participant id written in every row (default: none)."),
     bmi: float | None = typer.Option(None, "--bmi", help="Body-mass index (kg/m^2); needed for lmm, which stays empty without it."),
     fat_threshold: float = typer.Option(0.5, "--fat-threshold", help="Fat fraction tau (0-1) at and above which a voxel is adipose (InterMAT)."),
@@ -56,6 +56,7 @@ def quantify(
     slices: Path | None = typer.Option(None, "--slices", help="Also write the per-slice profile (csa_cm2 per slice and muscle) to this table."),
     provenance: Path | None = typer.Option(None, "--provenance", help="Also write parameters, definitions and versions as JSON."),
     fat_is_dark: bool = typer.Option(False, "--fat-is-dark", help="Single-contrast mode only: fat is the darker class (e.g. fat-suppressed T2)."),
+    skip_anatomy_check: bool = typer.Option(False, "--skip-anatomy-check", help="Do not check the label map against anatomy (sides, back dorsal, psoas ventral, ...) for odd fields of view; ids are still checked. Recorded in the provenance."),
 ) -> None:
     """Per-muscle and per-group volume, fat fraction, lean volume, InterMAT and LMM of one scan.
 
@@ -68,7 +69,7 @@ def quantify(
     from myocomp.imaging import qc
     from myocomp.imaging.composition import quantify as run_quantify
     from myocomp.imaging.dixon import load_dixon
-    from myocomp.imaging.labels import get_profile, load_labels
+    from myocomp.imaging.labels import AUTO_PROFILE, get_profile, load_labels
     from myocomp.io import check_output_paths, staged_outputs, write_json, write_table
     from myocomp.options import check_options
 
@@ -82,13 +83,13 @@ def quantify(
     if Path(profile).is_file():
         inputs["--profile"] = Path(profile)
     check_output_paths({"--out": out, "--slices": slices, "--provenance": provenance}, inputs)
-    label_profile = get_profile(profile)
+    label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
     dixon = load_dixon(water, fat, in_phase=in_phase, opposed_phase=opposed_phase)
     signal = qc.signal_check(dixon)
     if signal.errors:
         role, reason = signal.errors[0]
         raise DataError(reason, source=images[role])
-    labelmap = load_labels(labels, label_profile, reference=dixon)
+    labelmap = load_labels(labels, label_profile, reference=dixon, anatomy_check=not skip_anatomy_check)
     result = run_quantify(
         dixon,
         labelmap,
@@ -114,3 +115,18 @@ def quantify(
     if raised:
         typer.echo(f"warning: QC flags {', '.join(raised)}: {metrics['qc_notes'].iloc[0]}", err=True)
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def profiles() -> None:
+    """List the built-in label profiles: tool, releases covered, id range and the table read."""
+    from myocomp.imaging.labels import PROFILE_ALIASES, builtin_profiles
+
+    aliases: dict[str, list[str]] = {}
+    for alias, target in PROFILE_ALIASES.items():
+        aliases.setdefault(target, []).append(alias)
+    for p in builtin_profiles():
+        also = f" (also: {', '.join(aliases[p.name])})" if p.name in aliases else ""
+        typer.echo(f"{p.name}{also}: {p.tool} {p.versions}; ids {min(p.ids)}-{max(p.ids)}, "
+                   f"{len(p.ids)} labels, {len(p.muscle_ids())} muscles")
+        typer.echo(f"    source: {p.source}")

@@ -428,6 +428,7 @@ def quantify(
             "groups": list(groups),
             "bmi": bmi,
             "label_profile": labelmap.profile.name,
+            "label_check": labelmap.anatomy,
             "fat_fraction_method": method,
             "noise_floor": floor,
         },

@@ -206,7 +206,7 @@ def _check_profiles(participants: list[Participant]) -> list[str]:
     verdict: dict[str, str | None] = {}
     problems = []
     for p in participants:
-        if p.labels is None or p.profile is None:
+        if p.labels is None or p.profile is None or p.profile.lower() == "auto":
             continue
         if p.profile not in verdict:
             try:

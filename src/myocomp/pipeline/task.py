@@ -33,6 +33,7 @@ class BatchParams:
     model: str | None = None
     device: str = "auto"
     qc: QCConfig = field(default_factory=QCConfig)
+    skip_anatomy_check: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Parameters that determine the results (``device`` is an execution detail)."""
@@ -42,6 +43,7 @@ class BatchParams:
             "groups": list(self.groups),
             "model": self.model,
             "qc": self.qc.to_dict(),
+            "skip_anatomy_check": self.skip_anatomy_check,
         }
 
     def for_participant(self, p: Participant) -> dict[str, Any]:
@@ -132,7 +134,9 @@ def process_participant(
             stage = "labels"
             from myocomp.imaging.labels import load_labels
 
-            labelmap = load_labels(p.labels, p.profile, reference=dixon)
+            labelmap = load_labels(
+                p.labels, p.profile, reference=dixon, anatomy_check=not params.skip_anatomy_check
+            )
         elif params.model:
             stage = "segment"
             from myocomp.segment import segment_dixon

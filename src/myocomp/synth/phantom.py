@@ -47,6 +47,8 @@ TRUTH_GROUPS = ("back", "psoas")
 _MUSCLES = STRUCTURES[1:5]
 _ALIASES = {
     "spine": ("spine", "vertebrae", "vertebra_body"),
+    **{f"autochthon_{side}": (f"autochthon_{side}", f"erector_spinae_{side}") for side in ("left", "right")},
+    **{f"iliopsoas_{side}": (f"iliopsoas_{side}", f"psoas_major_{side}") for side in ("left", "right")},
 }
 _AXES = {"R": "RL", "L": "RL", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}
 
@@ -292,7 +294,8 @@ def make_phantom(
     swap_region : exchange water and fat inside a sphere in one autochthon muscle (artefact).
     nan_voxels : number of voxels set to NaN in every image (artefact; positions random).
     supersample : fine-model subvoxels per output voxel edge (partial volume; 1 = none).
-    profile : label profile whose ids the label map uses (muscles must exist in it).
+    profile : label profile whose ids the label map uses (muscles must exist in it; a profile
+        without autochthon / iliopsoas gets erector spinae / psoas major, as MuscleMap's).
     bmi : body-mass index (kg/m^2): sets fat thicknesses and the truth's ``lmm``.
     fat_threshold, band_mm : the metric parameters the truth is computed with.
 
