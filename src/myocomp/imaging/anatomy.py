@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -335,7 +336,7 @@ def _suggestion(fits: list[LabelProfile], anatomy: bool) -> str:
 def verify_profile(
     data: np.ndarray,
     affine: np.ndarray,
-    profile: LabelProfile | str,
+    profile: LabelProfile | str | Path,
     *,
     image: np.ndarray | None = None,
     check: bool = True,
@@ -352,7 +353,7 @@ def verify_profile(
     present = present_label_ids(data)
     if isinstance(profile, str) and profile.lower() == AUTO_PROFILE:
         return _auto(data, affine, present, image, source)
-    profile = get_profile(profile) if isinstance(profile, str) else profile
+    profile = profile if isinstance(profile, LabelProfile) else get_profile(profile)
     problem = id_problem(present, profile)
     record = {"requested": profile.name, "profile": profile.name, "anatomy_check": bool(check)}
     if problem is None and not check:

@@ -483,7 +483,7 @@ def labelmap_from_array(
     from myocomp.imaging.anatomy import verify_profile
     from myocomp.imaging.dixon import canonical, check_affine, same_grid
 
-    if isinstance(profile, str) and profile.lower() != AUTO_PROFILE:
+    if not isinstance(profile, LabelProfile) and str(profile).lower() != AUTO_PROFILE:
         profile = get_profile(profile)
     data = np.asarray(data)
     if data.ndim != 3:
