@@ -19,7 +19,7 @@ hold in every body and are cheap to test on centroids and bounding boxes:
 - ``calf_posterior``: soleus and gastrocnemius lie dorsal of the tibia.
 
 Geometry comes from one pass over a strided subsample of the label map (at most
-``max_voxels`` voxels, 2^21 by default): structures smaller than a few subsample voxels are not
+``max_voxels`` voxels, 2^19 by default): structures smaller than a few subsample voxels are not
 assessed. Arrays and affines in, :class:`AnatomyResult` out; no files.
 """
 
@@ -47,7 +47,7 @@ HIP_BONE = frozenset({"hip", "ilium"})
 CORD = frozenset({"spinal_cord", "spinal_channel"})
 #: Minimum estimated volume (mL) of a structure taking part in a rule.
 MIN_ML = 0.5
-DEFAULT_MAX_VOXELS = 2**21
+DEFAULT_MAX_VOXELS = 2**19
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,26 +79,30 @@ def label_geometry(
 ) -> LabelGeometry:
     """Centroids, bounding boxes and volumes of every label (one pass over a subsample).
 
-    ``data``: (X, Y, Z) non-negative integer labels; ``affine``: (4, 4) voxel -> world (mm);
-    ``image``: optional (X, Y, Z) intensities on the same grid for the body outline.
+    ``data``: (X, Y, Z) integer labels; ``affine``: (4, 4) voxel -> world (mm); ``image``:
+    optional (X, Y, Z) intensities on the same grid for the body outline. Per-plane label
+    histograms along each axis give each label's voxel count, mean index and index range.
     """
     stride = max(1, math.ceil((data.size / max_voxels) ** (1 / 3)))
-    ids, comp = _compact(np.asarray(data[::stride, ::stride, ::stride]))
-    sub = comp
-    flat = comp.ravel()
-    counts = np.bincount(flat, minlength=ids.size + 1)[1:].astype(float)
-    mean_ijk = np.empty((ids.size, 3))
-    for axis, n in enumerate(sub.shape):
-        shape = [1, 1, 1]
-        shape[axis] = n
-        coord = np.broadcast_to(np.arange(n, dtype=float).reshape(shape), sub.shape).ravel()
-        mean_ijk[:, axis] = np.bincount(flat, weights=coord, minlength=ids.size + 1)[1:] / np.maximum(counts, 1)
+    ids, sub = _compact(np.ascontiguousarray(data[::stride, ::stride, ::stride]))
+    n = ids.size
+    counts = np.zeros(n)
+    mean_ijk, first, last = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros((n, 3))
+    for axis in range(3):
+        planes = np.moveaxis(sub, axis, 0)
+        hist = np.stack([np.bincount(p.ravel(), minlength=n + 1)[1:] for p in planes]).astype(float)
+        counts = hist.sum(axis=0)
+        seen = hist > 0
+        mean_ijk[:, axis] = (np.arange(len(planes)) @ hist) / np.maximum(counts, 1)
+        first[:, axis] = seen.argmax(axis=0)
+        last[:, axis] = len(planes) - 1 - seen[::-1].argmax(axis=0)
     lin, off = np.asarray(affine, float)[:3, :3], np.asarray(affine, float)[:3, 3]
     centroid = (mean_ijk * stride) @ lin.T + off
-    lo, hi = _world_boxes(comp, ids.size, stride, lin, off)
+    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=float)
+    world = ((first[:, None, :] + corners * (last - first)[:, None, :]) * stride) @ lin.T + off
     voxel_ml = abs(np.linalg.det(lin)) / 1000.0
-    body = _body_centroid(image, stride, lin, off) if image is not None else None
-    return LabelGeometry(ids, counts * stride**3 * voxel_ml, centroid, lo, hi, body, stride)
+    body = _body_centroid(image, 2 * stride, lin, off) if image is not None else None
+    return LabelGeometry(ids, counts * stride**3 * voxel_ml, centroid, world.min(axis=1), world.max(axis=1), body, stride)
 
 
 def _compact(sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,32 +111,17 @@ def _compact(sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if lo >= 0 and hi < 2**20:
         ids = np.flatnonzero(np.bincount(sub.ravel(), minlength=1))
         ids = ids[ids != 0]
-        lut = np.zeros(hi + 1, dtype=np.int32)
+        lut = np.zeros(hi + 1, dtype=np.intp)
         lut[ids] = np.arange(1, ids.size + 1)
         return ids, lut[sub]
     ids = np.unique(sub)
     ids = ids[ids != 0]
-    comp = np.searchsorted(ids, sub).astype(np.int32) + 1
+    comp = np.searchsorted(ids, sub) + 1
     return ids, np.where(sub == 0, 0, comp)
 
 
-def _world_boxes(comp, n, stride, lin, off):
-    from scipy import ndimage
-
-    lo = np.full((n, 3), np.nan)
-    hi = np.full((n, 3), np.nan)
-    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=float)
-    for k, box in enumerate(ndimage.find_objects(comp, max_label=n)):
-        if box is None:
-            continue
-        first = np.array([s.start for s in box], dtype=float)
-        last = np.array([s.stop - 1 for s in box], dtype=float)
-        world = (first + corners * (last - first)) * stride @ lin.T + off
-        lo[k], hi[k] = world.min(axis=0), world.max(axis=0)
-    return lo, hi
-
-
 def _body_centroid(image, stride, lin, off) -> np.ndarray | None:
+    """World centre of the voxels brighter than 10 % of the image's 99th percentile (the body)."""
     sub = np.asarray(image[::stride, ::stride, ::stride], dtype=np.float32)
     finite = np.isfinite(sub)
     if not finite.any():
