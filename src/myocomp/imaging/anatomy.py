@@ -317,8 +317,8 @@ def distinct_readings(profiles: list[LabelProfile], present: np.ndarray) -> list
 def _suggestion(fits: list[LabelProfile], anatomy: bool) -> str:
     if fits:
         names = ", ".join(f"{p.name!r} ({p.tool} {p.versions})" for p in fits)
-        return f"; it fits the built-in profile {names}: use --profile {fits[-1].name}"
-    tail = "; no built-in profile fits: give a JSON {id: name} profile"
+        return f"it fits the built-in profile {names}: use --profile {fits[-1].name}"
+    tail = "no built-in profile fits: give a JSON {id: name} profile"
     return tail + (", or --skip-anatomy-check for an odd field of view" if anatomy else "")
 
 
@@ -353,7 +353,8 @@ def verify_profile(
         return profile, {**record, "assessed": list(result.assessed)}
     fits = [p for p in fitting_profiles(geometry, present) if p.name != profile.name]
     reason = problem or f"label map does not fit profile {profile.name!r}: {result.summary()}"
-    raise LabelError(reason + _suggestion(fits, anatomy=problem is None), source=source)
+    sep = " " if reason.endswith("?") else "; "
+    raise LabelError(reason + sep + _suggestion(fits, anatomy=problem is None), source=source)
 
 
 def _auto(data, affine, present, image, source) -> tuple[LabelProfile, dict]:
