@@ -221,3 +221,9 @@ def test_label_maps_from_files_keep_checks(tmp_path):
     with pytest.raises(LabelError, match=str(path)):
         load_labels(path, "mrsegmentator")
     assert load_labels(path, "mrsegmentator", anatomy_check=False).anatomy["anatomy_check"] is False
+
+
+def test_skip_option_is_documented_in_quantify_and_batch(capsys):
+    for command in ("quantify", "batch"):
+        assert main([command, "--help"]) == 0
+        assert "--skip-anatomy-check" in capsys.readouterr().out

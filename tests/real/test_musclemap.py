@@ -180,3 +180,18 @@ def test_wholebody_volumes_with_a_synthetic_image(wholebody):
     gluteal_ids = [i for i, n in lm.profile.ids.items() if n.startswith("gluteus")]
     assert metrics.loc["gluteal", "volume_ml"] == pytest.approx(np.isin(data, gluteal_ids).sum() * voxel_ml, rel=1e-9)
     assert metrics.loc["gluteal", "ff_mean"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_wholebody_map_converted_to_v14_ids_needs_the_v14_table(wholebody):
+    """The same real map with its leg structures renumbered as v1.4 numbers them."""
+    data, affine = wholebody
+    v14 = data.copy()
+    for side in (1, 2):  # tibia 8151 -> 8161, fibula 8161 -> 8171 (v1.4); muscles keep their ids
+        v14[data == 8150 + side] = 8160 + side
+        v14[data == 8160 + side] = 8170 + side
+    lm = labelmap_from_array(v14, affine, "musclemap")
+    assert lm.profile.name == "musclemap_v1.4" and lm.profile.ids[8161] == "tibia_left"
+    assert labelmap_from_array(v14, affine, "auto").profile.name == "musclemap_v1.4"
+    for older in ("musclemap_v1.0", "musclemap_v1.2"):
+        with pytest.raises(LabelError, match=f"label ids 8171, 8172 are not in profile '{older}'.*'musclemap_v1.4'"):
+            labelmap_from_array(v14, affine, older)
