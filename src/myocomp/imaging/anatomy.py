@@ -12,8 +12,8 @@ hold in every body and are cheap to test on centroids and bounding boxes:
   iliopsoas, of the vertebrae and of the centre of the body outline (from the image).
 - ``psoas_anterior``: iliopsoas / psoas major lie ventral of the spinal cord or canal and not
   more than 20 mm dorsal of the vertebral centroid.
-- ``gluteal``: gluteal muscles lie caudal of the back muscles' centroid and of the top of the
-  psoas, and further from the midline than the psoas and the back muscles.
+- ``gluteal``: gluteal muscles lie caudal of the top of the back muscles and psoas, and further
+  from the midline than the psoas and the back muscles.
 - ``thigh_caudal``: thigh muscles lie caudal of the hip bone's centroid (or, without a hip bone,
   20 mm caudal of the iliopsoas, back muscles or vertebrae).
 - ``calf_posterior``: soleus and gastrocnemius lie dorsal of the tibia.
@@ -251,18 +251,17 @@ def _ap_findings(s: _Structures) -> list[Finding]:
 
 def _si_findings(s: _Structures) -> list[Finding]:
     out = []
-    back, psoas_names = s.pooled(BACK), s.names(PSOAS)
+    back, inner_names = s.pooled(BACK), s.names(PSOAS) + s.names(BACK)
     gluteal = s.names(GLUTEAL)
     if gluteal:
-        top = max((s.pos[n][2][2] for n in psoas_names), default=None)
-        bad = [n for n in gluteal if (back is not None and not s.pos[n][0][2] < back[2])
-               or (top is not None and not s.pos[n][0][2] < top)]
+        top = max((s.pos[n][2][2] for n in inner_names), default=None)
+        bad = [n for n in gluteal if top is not None and not s.pos[n][0][2] < top]
         if s.midline is not None:
-            inner = [abs(s.pos[n][0][0] - s.midline) for n in psoas_names + s.names(BACK)]
+            inner = [abs(s.pos[n][0][0] - s.midline) for n in inner_names]
             bad += [n for n in gluteal if inner and abs(s.pos[n][0][0] - s.midline) <= max(inner)]
         if bad:
             out.append(Finding("gluteal", tuple(sorted(set(bad))),
-                               "are not caudal of the back muscles and psoas and lateral of them"))
+                               "are not caudal of the top of the back muscles and psoas and lateral of them"))
     hip = s.pooled(HIP_BONE)
     refs = [r for r in (s.pooled(PSOAS), back, s.spine()) if r is not None]
     limit = hip[2] if hip is not None else (min(r[2] for r in refs) - 20.0 if refs else None)
