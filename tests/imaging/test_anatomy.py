@@ -227,3 +227,65 @@ def test_skip_option_is_documented_in_quantify_and_batch(capsys):
     for command in ("quantify", "batch"):
         assert main([command, "--help"]) == 0
         assert "--skip-anatomy-check" in capsys.readouterr().out
+
+
+def _disc(x, y, cx, cy, r):
+    return (x - cx) ** 2 + (y - cy) ** 2 <= r**2
+
+
+def _toy(kind: str):
+    """Axial toy anatomy (3 x 3 x 5 mm, 100 x 80 x 6 voxels, world centre 0) with an image."""
+    shape = (100, 80, 6)
+    affine = np.diag([3.0, 3.0, 5.0, 1.0])
+    affine[:3, 3] = [-148.5, -118.5, 0.0]
+    x, y = np.meshgrid(affine[0, 0] * np.arange(shape[0]) + affine[0, 3],
+                       affine[1, 1] * np.arange(shape[1]) + affine[1, 3], indexing="ij")
+    lab = np.zeros(shape[:2], dtype=np.int16)
+    if kind == "thigh":  # two thighs at x = -/+ 100; 1/2 quadriceps, 3/4 adductors, 5/6 hamstrings, 7/8 sartorius
+        body = _disc(x, y, -100, 0, 60) | _disc(x, y, 100, 0, 60)
+        for side, cx in ((0, -100), (1, 100)):
+            inward = 1 if cx < 0 else -1
+            for k, (dx, dy, r) in enumerate(((0, 25, 22), (30, -5, 16), (0, -35, 20), (28, 35, 7))):
+                lab[_disc(x, y, cx + inward * dx, dy, r)] = 1 + 2 * k + side
+    else:
+        body = (x / 145.0) ** 2 + (y / 110.0) ** 2 <= 1
+        lab[body & ((x / 125.0) ** 2 + (y / 92.0) ** 2 > 1)] = 1  # subcutaneous fat ring
+        lab[(x / 70.0) ** 2 + ((y - 10) / 50.0) ** 2 <= 1] = 2  # visceral / torso fat
+        blobs = ({3: [(-40, -70, 22), (40, -70, 22), (-45, -15, 14), (45, -15, 14)]} if kind == "tissue" else
+                 {3: [(-40, 85, 10)], 4: [(40, 85, 10)], 5: [(-105, 20, 12)], 6: [(105, 20, 12)],
+                  7: [(-65, -55, 14)], 8: [(65, -55, 14)]})
+        for label, discs in blobs.items():
+            for cx, cy, r in discs:
+                lab[_disc(x, y, cx, cy, r)] = label
+    labels = np.repeat(lab[:, :, None], shape[2], axis=2)
+    water = np.repeat(np.where(body, 900.0, 0.0)[:, :, None], shape[2], axis=2).astype(np.float32)
+    return labels, affine, dixon_from_arrays(water, water / 9.0, affine)
+
+
+TOYS = {"tissue": "totalsegmentator_tissue_types_mr", "bodycomp": "mrsegmentator_bodycomp",
+        "thigh": "totalsegmentator_thigh_shoulder_mr"}
+
+
+@pytest.mark.parametrize("kind", list(TOYS))
+def test_tissue_bodycomp_and_thigh_maps_are_told_apart_with_the_image(kind):
+    """The profiles the lumbar phantom cannot write, on toy anatomy with a body outline."""
+    labels, affine, dixon = _toy(kind)
+    name = TOYS[kind]
+    own = labelmap_from_array(labels, affine, name, reference=dixon)
+    assert labelmap_from_array(labels, affine, "auto", reference=dixon).profile.name == name
+    metrics = quantify(dixon, own, groups=("all",), with_slices=False).metrics.set_index("group")
+    expected_ml = np.isin(labels, list(own.profile.muscle_ids())).sum() * 45.0 / 1000.0
+    assert metrics.loc["all", "volume_ml"] == pytest.approx(expected_ml)
+    assert metrics.loc["all", "ff_mean"] == pytest.approx(0.1)
+    present = own.present_ids()
+    refused = 0
+    for b in PROFILES.values():
+        if b.name == name or not _overlap(PROFILES[name], b):
+            continue
+        if all(b.ids.get(int(i)) == own.profile.ids[int(i)] for i in present):
+            continue
+        with pytest.raises(LabelError) as err:
+            labelmap_from_array(labels, affine, b, reference=dixon)
+        assert f"'{name}'" in str(err.value), (b.name, str(err.value))
+        refused += 1
+    assert refused >= 3

@@ -137,7 +137,7 @@ def wholebody(abdomen):
 def test_wholebody_map_accepted_by_the_tables_it_was_made_with(wholebody, version):
     data, affine = wholebody
     lm = labelmap_from_array(data, affine, version)
-    assert set(lm.anatomy["assessed"]) == {"side", "psoas_anterior", "gluteal", "thigh_caudal", "calf_posterior"}
+    assert set(lm.anatomy["assessed"]) == {"side", "psoas_anterior", "gluteal", "thigh_caudal", "calf_posterior", "thigh_anterior"}
     assert lm.profile.ids[8151] == "tibia_left" and lm.profile.ids[8141] == "gastrocnemius_left"
 
 

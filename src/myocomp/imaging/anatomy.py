@@ -17,6 +17,12 @@ hold in every body and are cheap to test on centroids and bounding boxes:
 - ``thigh_caudal``: thigh muscles lie caudal of the hip bone's centroid (or, without a hip bone,
   20 mm caudal of the iliopsoas, back muscles or vertebrae).
 - ``calf_posterior``: soleus and gastrocnemius lie dorsal of the tibia.
+- ``abdominal_wall``: rectus abdominis lies ventral of the body outline centre, the back muscles,
+  the iliopsoas, the vertebrae and the quadratus lumborum.
+- ``thigh_anterior``: the quadriceps lie ventral of the hamstrings.
+
+The centroids of a left/right muscle pair are also at least 10 mm apart (a centred structure read
+as a pair is not one).
 
 Geometry comes from one pass over a strided subsample of the label map (at most
 ``max_voxels`` voxels, 2^19 by default): structures smaller than a few subsample voxels are not
@@ -43,10 +49,17 @@ THIGH = frozenset({
     "adductor_magnus", "adductor_longus", "adductor_brevis",
 })
 CALF_POSTERIOR = frozenset({"soleus", "gastrocnemius", "medial_gastrocnemius", "lateral_gastrocnemius"})
+QUADRICEPS = frozenset({"quadriceps_femoris", "rectus_femoris", "vastus_lateralis", "vastus_intermedius", "vastus_medialis"})
+HAMSTRINGS = frozenset({
+    "thigh_posterior_compartment", "semimembranosus", "semitendinosus", "biceps_femoris_long_head",
+    "biceps_femoris_short_head",
+})
 HIP_BONE = frozenset({"hip", "ilium"})
 CORD = frozenset({"spinal_cord", "spinal_channel"})
 #: Minimum estimated volume (mL) of a structure taking part in a rule.
 MIN_ML = 0.5
+#: Minimum distance (mm) between the centroids of a left/right muscle pair.
+PAIR_MM = 10.0
 DEFAULT_MAX_VOXELS = 2**19
 
 
@@ -211,6 +224,11 @@ def _side_findings(s: _Structures) -> list[Finding]:
                      and s.pos[f"{b}_right"][0][0] <= s.pos[f"{b}_left"][0][0])
     if swapped:
         out.append(Finding("side", tuple(swapped), "have '_right' to the left of '_left' (left/right exchanged?)"))
+    close = sorted(b for b in {base_name(n) for n in s.pos if is_muscle(n)}
+                   if f"{b}_left" in s.pos and f"{b}_right" in s.pos
+                   and 0 < s.pos[f"{b}_right"][0][0] - s.pos[f"{b}_left"][0][0] < PAIR_MM)
+    if close:
+        out.append(Finding("side", tuple(close), f"have '_left' and '_right' less than {PAIR_MM:g} mm apart"))
     if s.midline is not None:
         wrong = []
         for name, (c, *_rest) in s.pos.items():
@@ -241,11 +259,28 @@ def _ap_findings(s: _Structures) -> list[Finding]:
             bad.append("beside the vertebrae (> 20 mm dorsal of them)")
         if bad:
             out.append(Finding("psoas_anterior", tuple(s.names(PSOAS)), "are not " + " and ".join(bad)))
+    out += _ventral_findings(s, back, psoas, spine)
     calf, tibia = s.names(CALF_POSTERIOR), s.pooled({"tibia"})
     if calf and tibia is not None:
         bad = [n for n in calf if not s.pos[n][0][1] < tibia[1]]
         if bad:
             out.append(Finding("calf_posterior", tuple(bad), "are not dorsal of the tibia"))
+    return out
+
+
+def _ventral_findings(s: _Structures, back, psoas, spine) -> list[Finding]:
+    out = []
+    rectus = s.pooled({"rectus_abdominis"})
+    if rectus is not None:
+        refs = [("body outline centre", s.body), ("back muscles", back), ("iliopsoas", psoas),
+                ("vertebrae", spine), ("quadratus lumborum", s.pooled({"quadratus_lumborum"}))]
+        bad = [name for name, ref in refs if ref is not None and not rectus[1] > ref[1]]
+        if bad:
+            out.append(Finding("abdominal_wall", tuple(s.names({"rectus_abdominis"})),
+                               f"are not ventral of the {', '.join(bad)}"))
+    quad, hams = s.pooled(QUADRICEPS), s.pooled(HAMSTRINGS)
+    if quad is not None and hams is not None and not quad[1] > hams[1]:
+        out.append(Finding("thigh_anterior", tuple(s.names(QUADRICEPS)), "are not ventral of the hamstrings"))
     return out
 
 
@@ -281,6 +316,8 @@ def check_anatomy(geometry: LabelGeometry, profile: LabelProfile) -> AnatomyResu
         ("side", any(base_name(n) != n for n in s.pos)), ("back_posterior", bool(s.names(BACK))),
         ("psoas_anterior", bool(s.names(PSOAS))), ("gluteal", bool(s.names(GLUTEAL))),
         ("thigh_caudal", bool(s.names(THIGH))), ("calf_posterior", bool(s.names(CALF_POSTERIOR))),
+        ("abdominal_wall", bool(s.names({"rectus_abdominis"}))),
+        ("thigh_anterior", bool(s.names(QUADRICEPS)) and bool(s.names(HAMSTRINGS))),
     ) if present]
     return AnatomyResult(profile.name, tuple(findings), tuple(assessed))
 
@@ -352,8 +389,9 @@ def verify_profile(
         return profile, {**record, "assessed": list(result.assessed)}
     fits = [p for p in fitting_profiles(geometry, present) if p.name != profile.name]
     reason = problem or f"label map does not fit profile {profile.name!r}: {result.summary()}"
-    sep = " " if reason.endswith("?") else "; "
-    raise LabelError(reason + sep + _suggestion(fits, anatomy=problem is None), source=source)
+    hint = _suggestion(fits, anatomy=problem is None)
+    text = f"{reason} {hint[0].upper()}{hint[1:]}" if reason.endswith("?") else f"{reason}; {hint}"
+    raise LabelError(text, source=source)
 
 
 def _auto(data, affine, present, image, source) -> tuple[LabelProfile, dict]:
