@@ -1,0 +1,583 @@
+"""Fat-water separation of chemical-shift-encoded multi-echo gradient-echo data (arrays in/out).
+
+Signal model of one voxel at echo time ``t_n`` (s), the convention of the ISMRM Fat-Water
+Toolbox for ``PrecessionIsClockwise = 1``::
+
+    s_n = (W + F c_n) exp((-R2* + i 2 pi psi) t_n),   c_n = sum_p a_p exp(i 2 pi f_p t_n)
+
+``W``, ``F``: complex water and fat amplitudes at t = 0; ``psi``: B0 off-resonance (Hz);
+``f_p = gamma B0 delta_p`` the fat peak frequencies relative to water (Hz), ``a_p`` their relative
+amplitudes (sum 1): the 6-peak spectrum :data:`HAMILTON_LIVER_6`.
+
+Algorithm (:func:`separate`):
+
+1. Signal mask: root-sum-of-squares over echoes above ``mask_fraction`` of its 99th percentile.
+2. Coarse level: complex data summed over blocks of about ``coarse_voxels`` (a block keeps the
+   linear model: one psi, mixed W and F). For every coarse voxel the VARPRO residual
+   ``min_{W,F} ||s - A(psi, R2*) [W, F]||^2 / ||s||^2`` is computed over a grid of psi (and of
+   R2*, minimum taken, with >= 3 echoes). Two echoes do not determine complex W and F and psi, so
+   there the model constrains W and F to share one phase (real W, F times exp(i phi)).
+3. Field-map choice robust to the water/fat ambiguity: region growing on the coarse grid. From a
+   seed (the strongest interior voxel of each connected component) the field map grows
+   outward, strong voxels first; each new voxel takes the psi minimising its residual plus
+   ``smoothness * ((psi - predicted) / |f_main|)^2``, the prediction being the signal-weighted mean
+   of its assigned neighbours. Each residual minimum of the seed gives one candidate map;
+   the candidate with the lowest ``signal-weighted residual + shim_weight * (median psi / |f_main|)^2``
+   is kept (a swapped map has a worse multi-peak fit and a median offset by about one fat
+   shift, while the scanner's centre frequency puts the water peak near 0 Hz). Two passes of
+   conditional modes then correct isolated errors.
+4. Fine level: the coarse map, interpolated to every voxel, is the centre of a narrow search
+   (+- ``window`` x |f_main|, narrower than the distance to any alias), refined by Gauss-Newton in
+   (psi, R2*) with >= 3 echoes or by parabolic interpolation with 2 echoes; then the linear
+   least-squares W and F.
+5. PDFF with magnitude discrimination (Liu et al., MRM 2007): FF = |F| / |W + F| where
+   |F| > |W|, else 1 - |W| / |W + F| (no Rician noise floor from the small component). With two
+   echoes W and F are real (signed), and FF = F / (W + F), clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from myocomp.errors import ConfigError, InputFileError
+
+#: Proton gyromagnetic ratio / 2 pi (MHz/T).
+GYROMAGNETIC_MHZ_PER_T = 42.577478518
+
+#: Voxels per chunk in the voxel-wise stages (memory ~ chunk x echoes x grid).
+CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class FatSpectrum:
+    """A multi-peak fat spectrum: chemical shifts relative to water (ppm) and relative amplitudes."""
+
+    name: str
+    ppm: tuple[float, ...]
+    amplitudes: tuple[float, ...]
+    source: str
+
+    def frequencies_hz(self, field_t: float) -> np.ndarray:
+        """Peak frequencies relative to water (Hz) at ``field_t`` tesla."""
+        return np.asarray(self.ppm) * GYROMAGNETIC_MHZ_PER_T * float(field_t)
+
+    def weights(self) -> np.ndarray:
+        """Relative amplitudes normalised to sum 1."""
+        a = np.asarray(self.amplitudes, dtype=float)
+        return a / a.sum()
+
+    def main_shift_hz(self, field_t: float) -> float:
+        """Frequency of the largest peak relative to water (Hz; negative)."""
+        return float(self.frequencies_hz(field_t)[int(np.argmax(self.amplitudes))])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Hamilton G et al., "In vivo characterization of the liver fat 1H MR spectrum", NMR Biomed
+#: 2011;24:784-790; the default fat model of the ISMRM Fat-Water Toolbox (Hu et al. 2012).
+HAMILTON_LIVER_6 = FatSpectrum(
+    name="hamilton2011_liver_6peak",
+    ppm=(-3.80, -3.40, -2.60, -1.94, -0.39, 0.60),
+    amplitudes=(0.087, 0.693, 0.128, 0.004, 0.039, 0.048),
+    source="Hamilton et al., NMR Biomed 2011;24:784-790 (ISMRM Fat-Water Toolbox default)",
+)
+
+R2STAR_GRID = (0.0, 60.0, 200.0)
+
+
+def fat_phasors(te_s, field_t: float, spectrum: FatSpectrum = HAMILTON_LIVER_6) -> np.ndarray:
+    """(N,) complex fat signal c_n = sum_p a_p exp(i 2 pi f_p t_n) at echo times ``te_s`` (s)."""
+    te = np.asarray(te_s, dtype=float)
+    f = spectrum.frequencies_hz(field_t)
+    return np.exp(2j * np.pi * te[:, None] * f[None, :]) @ spectrum.weights()
+
+
+def signal_model(water, fat, fieldmap_hz, r2star, te_s, field_t: float,
+                 spectrum: FatSpectrum = HAMILTON_LIVER_6) -> np.ndarray:
+    """Multi-echo signal (..., N) complex128 from W, F (complex or real, ...), psi (Hz), R2* (1/s)."""
+    te = np.asarray(te_s, dtype=float)
+    c = fat_phasors(te, field_t, spectrum)
+    w, f = np.asarray(water)[..., None], np.asarray(fat)[..., None]
+    decay = np.exp((-np.asarray(r2star, float)[..., None] + 2j * np.pi
+                    * np.asarray(fieldmap_hz, float)[..., None]) * te)
+    return (w + f * c) * decay
+
+
+@dataclass(frozen=True, eq=False)
+class SeparationResult:
+    """Output of :func:`separate`; arrays on the input grid (X, Y, Z).
+
+    water, fat : complex64 amplitudes at t = 0 (real-valued times one phase with 2 echoes).
+    pdff : float32 proton-density fat fraction 0-1; NaN outside ``mask``.
+    fieldmap_hz : float32 B0 off-resonance (Hz); outside ``mask`` a smooth extrapolation.
+    r2star : float32 (1/s) with >= 3 echoes, else None. mask : bool signal mask.
+    params : provenance (echo times, field, spectrum, algorithm, parameters, choices made).
+    """
+
+    water: np.ndarray
+    fat: np.ndarray
+    pdff: np.ndarray
+    fieldmap_hz: np.ndarray
+    r2star: np.ndarray | None
+    mask: np.ndarray
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Model:
+    te: np.ndarray
+    c: np.ndarray
+    real: bool
+    r2s: np.ndarray
+    scale: float  # |main fat shift| (Hz)
+
+
+def _model(te_s, field_t, spectrum) -> _Model:
+    te = np.asarray(te_s, dtype=float)
+    real = te.size == 2
+    return _Model(te=te, c=fat_phasors(te, field_t, spectrum), real=real,
+                  r2s=np.array([0.0]) if real else np.asarray(R2STAR_GRID),
+                  scale=abs(spectrum.main_shift_hz(field_t)))
+
+
+def _projectors(m: _Model, psis: np.ndarray) -> np.ndarray:
+    """Per (R2*, psi) an orthonormal basis of the model's column space, applied to the data.
+
+    Complex model: (nr * nk * 2, N) rows Q^H diag(exp(-i 2 pi psi t)). Real model: (nk * 2, 2N)
+    rows Q^T of the stacked [Re; Im] design matrix.
+    """
+    rows = []
+    for r in m.r2s:
+        for psi in psis:
+            a = np.stack([np.ones_like(m.c), m.c], axis=1) * np.exp(
+                (-r + 2j * np.pi * psi) * m.te)[:, None]
+            if m.real:
+                q, _ = np.linalg.qr(np.concatenate([a.real, a.imag]))
+                rows.append(q.T)
+            else:
+                q, _ = np.linalg.qr(a)
+                rows.append(q.conj().T)
+    return np.concatenate(rows).astype(np.float32 if m.real else np.complex64)
+
+
+def _abs2(z: np.ndarray) -> np.ndarray:
+    return z.real**2 + z.imag**2
+
+
+def _relative_residual(s: np.ndarray, proj: np.ndarray, m: _Model, nk: int):
+    """(V, nk) relative residual min over R2*, and (V, nk) index of the best R2*."""
+    energy = np.maximum(_abs2(s).sum(axis=1), 1e-30)[:, None]
+    if m.real:
+        u = np.concatenate([s.real, s.imag], axis=1).astype(np.float32)
+        v = np.concatenate([s.imag, -s.real], axis=1).astype(np.float32)
+        qu = (u @ proj.T).reshape(len(s), nk, 2)
+        qv = (v @ proj.T).reshape(len(s), nk, 2)
+        a, c, b = (qu**2).sum(-1), (qv**2).sum(-1), (qu * qv).sum(-1)
+        power = (a + c) / 2 + np.sqrt(((a - c) / 2) ** 2 + b**2)
+        return 1.0 - power / energy, np.zeros(power.shape, dtype=np.intp)
+    p = (s.astype(np.complex64) @ proj.T).view(np.float32)
+    p *= p
+    power = p.reshape(len(s), m.r2s.size, nk, 4).sum(-1)
+    best = power.argmax(axis=1)
+    return 1.0 - power.max(axis=1) / energy, best
+
+
+def residual_curves(s: np.ndarray, te_s, field_t: float, psis,
+                    spectrum: FatSpectrum = HAMILTON_LIVER_6):
+    """Relative VARPRO residual (V, nk) of signals ``s`` (V, N) over the field-map grid ``psis`` (Hz).
+
+    Also returns (V, nk) the R2* (1/s) of the best fit at each psi (0 with two echoes).
+    """
+    m = _model(te_s, field_t, spectrum)
+    psis = np.asarray(psis, dtype=float)
+    proj = _projectors(m, psis)
+    out = np.empty((len(s), psis.size), np.float32)
+    r2 = np.empty((len(s), psis.size), np.float32)
+    for i in range(0, len(s), CHUNK):
+        res, best = _relative_residual(s[i:i + CHUNK], proj, m, psis.size)
+        out[i:i + CHUNK], r2[i:i + CHUNK] = res, m.r2s[best]
+    return out, r2
+
+
+def signal_mask(echoes: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """(X, Y, Z) bool: root-sum-of-squares over echoes > ``fraction`` x its 99th percentile."""
+    rss = np.sqrt((np.abs(echoes) ** 2).sum(axis=-1))
+    finite = rss[np.isfinite(rss)]
+    if not finite.size:
+        return np.zeros(rss.shape, bool)
+    return rss > fraction * np.percentile(finite, 99)
+
+
+def _block_factors(shape, coarse_voxels: int) -> tuple[int, ...]:
+    """Block size per axis: about ``coarse_voxels`` blocks along each axis, half as many along
+    the axis with the fewest voxels (usually the slices)."""
+    thin = int(np.argmin(shape))
+    return tuple(max(1, int(round(n / (coarse_voxels / (2 if a == thin else 1)))))
+                 for a, n in enumerate(shape))
+
+
+def _block_sum(x: np.ndarray, f: tuple[int, ...]) -> np.ndarray:
+    """Sum over blocks f[0] x f[1] x f[2] of (X, Y, Z, ...) (zero-padded at the far ends)."""
+    pad = [(0, (-n) % k) for n, k in zip(x.shape[:3], f, strict=True)]
+    x = np.pad(x, pad + [(0, 0)] * (x.ndim - 3))
+    sx, sy, sz = (n // k for n, k in zip(x.shape[:3], f, strict=True))
+    return x.reshape(sx, f[0], sy, f[1], sz, f[2], *x.shape[3:]).sum(axis=(1, 3, 5))
+
+
+def _neighbour_mean(value: np.ndarray, weight: np.ndarray):
+    """Weighted 3x3x3 neighbourhood mean of ``value`` (weights 0 = missing) and the weight sum."""
+    num = ndimage.uniform_filter(value * weight, 3, mode="constant")
+    den = ndimage.uniform_filter(weight, 3, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den, den
+
+
+def _grow(cost, psis, comp, weight, seed, k0, lam, scale):
+    """Region growing of the field map over ``comp`` (bool) from ``seed`` at grid index ``k0``.
+
+    ``cost``: (X, Y, Z, nk) relative residuals; returns (X, Y, Z) grid indices (-1 outside).
+    """
+    idx = np.full(comp.shape, -1, np.intp)
+    idx[seed] = k0
+    strong = comp & (weight >= np.quantile(weight[comp], 0.3))
+    for allowed in (strong, comp):
+        while True:
+            assigned = idx >= 0
+            pred, den = _neighbour_mean(np.where(assigned, psis[np.maximum(idx, 0)], 0.0),
+                                        np.where(assigned, weight, 0.0))
+            front = (den > 0) & allowed & ~assigned
+            if not front.any():
+                break
+            pen = lam * ((psis[None, :] - pred[front][:, None]) / scale) ** 2
+            idx[front] = np.argmin(cost[front] + pen, axis=1)
+    return idx
+
+
+def _conditional_modes(cost, psis, idx, comp, weight, lam, scale, passes=2):
+    """Re-choose each voxel's psi given its neighbours' (iterated conditional modes)."""
+    for _ in range(passes):
+        pred, den = _neighbour_mean(np.where(comp, psis[np.maximum(idx, 0)], 0.0),
+                                    np.where(comp, weight, 0.0))
+        ok = comp & (den > 0)
+        pen = lam * ((psis[None, :] - pred[ok][:, None]) / scale) ** 2
+        idx[ok] = np.argmin(cost[ok] + pen, axis=1)
+    return idx
+
+
+def _local_minima(curve: np.ndarray, n: int) -> np.ndarray:
+    inner = np.flatnonzero((curve[1:-1] <= curve[:-2]) & (curve[1:-1] <= curve[2:])) + 1
+    if inner.size == 0:
+        inner = np.array([int(np.argmin(curve))])
+    return inner[np.argsort(curve[inner])][:n]
+
+
+def _score(cost, psis, idx, comp, weight, scale, shim_weight):
+    w2 = weight[comp] ** 2
+    chosen = np.take_along_axis(cost[comp], idx[comp][:, None], axis=1)[:, 0]
+    fit = float((chosen * w2).sum() / w2.sum())
+    return fit + shim_weight * (float(np.median(psis[idx[comp]])) / scale) ** 2, fit
+
+
+@dataclass(frozen=True)
+class _Coarse:
+    psi: np.ndarray  # (cx, cy, cz) Hz, NaN where not estimated
+    factors: tuple[int, ...]
+    score: float
+    components: list
+
+
+def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
+    """Field map on the coarse grid by residual curves and region growing (see module doc)."""
+    f = _block_factors(mask.shape, opts["coarse_voxels"])
+    cs = _block_sum(np.where(mask[..., None], echoes, 0).astype(np.complex64), f)
+    cmask = _block_sum(mask.astype(np.float32), f) >= 0.5 * np.prod(f)
+    weight = np.sqrt((np.abs(cs) ** 2).sum(axis=-1))
+    lab, _ = ndimage.label(cmask)
+    cost = np.ones((*cmask.shape, psis.size), np.float32)
+    cost[cmask] = residual_curves(cs[cmask], m.te, opts["field_t"], psis, opts["spectrum"])[0]
+    psi = np.full(cmask.shape, np.nan)
+    lam, scale, total, energy, comps = opts["smoothness"], m.scale, 0.0, 0.0, []
+    for j, sl in enumerate(ndimage.find_objects(lab), start=1):
+        comp = lab[sl] == j
+        if comp.sum() < opts["min_component"]:
+            continue
+        c_cost, c_w = cost[sl], np.where(comp, weight[sl], 0.0)
+        seed = np.unravel_index(np.argmax(ndimage.uniform_filter(c_w, 3) * comp), comp.shape)
+        best = None
+        for k0 in _local_minima(c_cost[seed], opts["seed_candidates"]):
+            idx = _grow(c_cost, psis, comp, c_w, seed, k0, lam, scale)
+            idx = _conditional_modes(c_cost, psis, idx, comp, c_w, lam, scale)
+            sc, fit = _score(c_cost, psis, idx, comp, c_w, scale, opts["shim_weight"])
+            if best is None or sc < best[0]:
+                best = (sc, idx, fit, float(psis[k0]))
+        sub = psi[sl]
+        sub[comp] = psis[best[1][comp]]
+        e = float((c_w[comp] ** 2).sum())
+        total, energy = total + best[0] * e, energy + e
+        comps.append({"coarse_voxels": int(comp.sum()), "seed_hz": best[3],
+                      "score": best[0], "residual": best[2]})
+    return _Coarse(psi=psi, factors=f, score=total / energy if energy else np.inf,
+                   components=comps)
+
+
+def _upsample(coarse: np.ndarray, factors, shape) -> np.ndarray:
+    """Fill NaNs by the nearest estimate, smooth lightly, interpolate linearly to ``shape``."""
+    missing = ~np.isfinite(coarse)
+    if missing.all():
+        return np.zeros(shape, np.float32)
+    if missing.any():
+        near = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+        coarse = coarse[tuple(near)]
+    coarse = ndimage.gaussian_filter(coarse, 0.7, mode="nearest")
+    up = ndimage.zoom(coarse, factors, order=1, mode="nearest", grid_mode=True)
+    return up[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+
+
+def _linear_complex(s, psi, r2, m: _Model):
+    """Least-squares complex W, F (V,) of echo-first signals ``s`` (N, V) given psi (Hz), R2* (1/s)."""
+    e = np.exp((-r2 + 2j * np.pi * psi) * m.te[:, None])
+    a2 = e * m.c[:, None]
+    g11 = _abs2(e).sum(0)
+    g22 = _abs2(a2).sum(0)
+    g12 = (e.conj() * a2).sum(0)
+    b1, b2 = (e.conj() * s).sum(0), (a2.conj() * s).sum(0)
+    det = g11 * g22 - _abs2(g12)
+    det = np.where(np.abs(det) > 1e-30, det, 1e-30)
+    return (g22 * b1 - g12 * b2) / det, (g11 * b2 - g12.conj() * b1) / det
+
+
+def _linear_real(s, psi, m: _Model):
+    """Real W, F sharing one phase phi (two echoes): returns complex W e^{i phi}, F e^{i phi}, real W, F."""
+    y = s * np.exp(-2j * np.pi * psi[:, None] * m.te)
+    a = np.stack([np.ones_like(m.c), m.c], axis=1)
+    q, rm = np.linalg.qr(np.concatenate([a.real, a.imag]))
+    u = np.concatenate([y.real, y.imag], axis=1)
+    v = np.concatenate([y.imag, -y.real], axis=1)
+    qu, qv = u @ q, v @ q
+    aa, cc, bb = (qu**2).sum(1), (qv**2).sum(1), (qu * qv).sum(1)
+    lam = (aa + cc) / 2 + np.sqrt(((aa - cc) / 2) ** 2 + bb**2)
+    vx, vy = np.where(aa >= cc, lam - cc, bb), np.where(aa >= cc, bb, lam - aa)
+    norm = np.hypot(vx, vy)
+    cos, sin = np.where(norm > 0, vx / np.where(norm > 0, norm, 1), 1.0), np.where(
+        norm > 0, vy / np.where(norm > 0, norm, 1), 0.0)
+    x = np.linalg.solve(rm, (cos[:, None] * qu + sin[:, None] * qv).T).T
+    flip = np.where(x.sum(1) < 0, -1.0, 1.0)
+    x *= flip[:, None]
+    phase = np.exp(1j * np.arctan2(sin, cos)) * flip
+    return x[:, 0] * phase, x[:, 1] * phase, x[:, 0], x[:, 1]
+
+
+#: Real parameters (W re, W im, F re, F im, psi, R2*) as (complex base column, times i?).
+_COLUMNS = ((0, False), (0, True), (1, False), (1, True), (2, False), (3, False))
+
+
+def _normal_equations(base, r):
+    """J^T J (V, 6, 6) and J^T r (V, 6) of the real-parameter Jacobian from 4 complex (N, V) columns."""
+    conj = [b.conj() for b in base]
+    k = {(i, j): (conj[i] * base[j]).sum(0) for i in range(4) for j in range(i, 4)}
+    kr = [(b * r).sum(0) for b in conj]
+    h = np.empty((r.shape[1], 6, 6))
+    for a, (i, ri) in enumerate(_COLUMNS):
+        for b, (j, rj) in enumerate(_COLUMNS):
+            kij = k[(i, j)] if i <= j else k[(j, i)].conj()
+            h[:, a, b] = kij.imag * (1 if ri else -1) if ri != rj else kij.real
+    g = np.stack([kr[i].imag if ri else kr[i].real for i, ri in _COLUMNS], axis=1)
+    return h, g
+
+
+def _gauss_newton(s, psi, r2, m: _Model, iters: int, r2_max: float):
+    """Levenberg-Marquardt refinement of (W, F, psi, R2*) per voxel of ``s`` (N, V); keeps improving steps."""
+    w, f = _linear_complex(s, psi, r2, m)
+    t, c = m.te[:, None], m.c[:, None]
+
+    def residual(w, f, psi, r2):
+        e = np.exp((-r2 + 2j * np.pi * psi) * t)
+        return s - (w + f * c) * e, e
+
+    r, e = residual(w, f, psi, r2)
+    cost = _abs2(r).sum(0)
+    for _ in range(iters):
+        mod = s - r
+        h, g = _normal_equations([e, c * e, 2j * np.pi * t * mod, -t * mod], r)
+        h += (1e-3 * np.diagonal(h, axis1=1, axis2=2) + 1e-12)[:, :, None] * np.eye(6)
+        d = np.linalg.solve(h, g[..., None])[..., 0].T
+        nw, nf = w + d[0] + 1j * d[1], f + d[2] + 1j * d[3]
+        npsi, nr2 = psi + d[4], np.clip(r2 + d[5], 0.0, r2_max)
+        nr, ne = residual(nw, nf, npsi, nr2)
+        ncost = _abs2(nr).sum(0)
+        ok = ncost < cost
+        w, f, psi, r2 = (np.where(ok, a, b) for a, b in ((nw, w), (nf, f), (npsi, psi), (nr2, r2)))
+        r, e = np.where(ok, nr, r), np.where(ok, ne, e)
+        cost = np.where(ok, ncost, cost)
+    return psi, r2
+
+
+def _parabolic(curve: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Sub-grid offset (in grid steps, -0.5..0.5) of the minimum at index ``k`` of each row."""
+    inner = (k > 0) & (k < curve.shape[1] - 1)
+    kk = np.clip(k, 1, curve.shape[1] - 2)
+    rows = np.arange(len(k))
+    lo, mid, hi = curve[rows, kk - 1], curve[rows, kk], curve[rows, kk + 1]
+    den = lo - 2 * mid + hi
+    off = np.where(den > 0, 0.5 * (lo - hi) / np.where(den > 0, den, 1), 0.0)
+    return np.where(inner, np.clip(off, -0.5, 0.5), 0.0)
+
+
+def _fine_fit(s, pred, m: _Model, opts):
+    """Voxel-wise psi search in a window around ``pred``, then refinement and W, F (chunk of voxels)."""
+    half = opts["window"] * m.scale
+    n = 25 if m.real else 9
+    offsets = np.linspace(-half, half, n)
+    y = s * np.exp(-2j * np.pi * pred[:, None] * m.te)
+    curve, r2grid = residual_curves(y, m.te, opts["field_t"], offsets, opts["spectrum"])
+    k = np.argmin(curve, axis=1)
+    psi = pred + offsets[k] + _parabolic(curve, k) * (offsets[1] - offsets[0])
+    if m.real:
+        w, f, wr, fr = _linear_real(s, psi, m)
+        return w, f, psi, None, (wr, fr)
+    r2 = r2grid[np.arange(len(k)), k].astype(float)
+    st = np.ascontiguousarray(s.T)
+    psi, r2 = _gauss_newton(st, psi, r2, m, opts["gn_iterations"], opts["r2star_max"])
+    w, f = _linear_complex(st, psi, r2, m)
+    return w, f, psi, r2, None
+
+
+def pdff_from_components(water, fat, *, real: bool = False) -> np.ndarray:
+    """PDFF (0-1) from complex W, F by magnitude discrimination, or F / (W + F) for real (signed) W, F."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if real:
+            ff = fat / (water + fat)
+        else:
+            mw, mf, tot = np.abs(water), np.abs(fat), np.abs(water + fat)
+            ff = np.where(mf > mw, mf / tot, 1.0 - mw / tot)
+    return np.clip(np.nan_to_num(ff, nan=0.0), 0.0, 1.0).astype(np.float32)
+
+
+DEFAULTS = {
+    "field_range_hz": 600.0,
+    "mask_fraction": 0.05,
+    "coarse_voxels": 32,
+    "smoothness": 0.1,
+    "shim_weight": 0.05,
+    "seed_candidates": 4,
+    "min_component": 4,
+    "window": 0.3,
+    "gn_iterations": 2,
+    "r2star_max": 1000.0,
+}
+
+
+def _check_inputs(echoes, te_s, field_t):
+    if echoes.ndim != 4:
+        raise InputFileError(f"echoes must be (X, Y, Z, N) complex, got shape {echoes.shape}")
+    te = np.asarray(te_s, dtype=float).ravel()
+    if te.size != echoes.shape[-1]:
+        raise ConfigError(f"{te.size} echo times for {echoes.shape[-1]} echoes")
+    if te.size < 2:
+        raise ConfigError("fat-water separation needs at least 2 echoes")
+    if not (np.all(np.isfinite(te)) and np.all(te > 0) and np.all(np.diff(np.sort(te)) > 1e-6)):
+        raise ConfigError(f"echo times must be positive and distinct (s), got {te.tolist()}")
+    if te.max() > 0.2:
+        raise ConfigError(f"echo times {te.tolist()} look like ms, not s (max {te.max()})")
+    if not (0.05 <= float(field_t) <= 12):
+        raise ConfigError(f"field strength {field_t} T outside 0.05-12 T")
+    return te
+
+
+def _psi_grid(te, opts) -> np.ndarray:
+    step = float(np.clip(1.0 / (12.0 * (te.max() - te.min())), 4.0, 15.0))
+    half = opts["field_range_hz"]
+    return np.arange(-half, half + step / 2, step)
+
+
+def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum = HAMILTON_LIVER_6,
+             precession: str = "auto", **options) -> SeparationResult:
+    """Separate water, fat, field map and R2* from multi-echo complex data.
+
+    Parameters
+    ----------
+    echoes : (X, Y, Z, N) complex array, one volume per echo (any signal scale).
+    te_s : (N,) echo times in seconds. field_t : main field (T).
+    spectrum : fat model (default :data:`HAMILTON_LIVER_6`).
+    precession : ``"as_stored"`` (data follow the model's sign, ISMRM ``PrecessionIsClockwise=1``),
+        ``"conjugate"`` (the other direction: data are conjugated first) or ``"auto"``: both
+        are tried at the coarse level and the better score (multi-peak fit + shim prior) is kept.
+        With two echoes the direction cannot be detected: conjugated data give the same W and F
+        (real, one phase) and a mirrored field map, so ``auto`` means ``as_stored`` there.
+    options : see :data:`DEFAULTS` (field_range_hz: half-width of the field-map search in Hz;
+        mask_fraction; coarse_voxels: coarse grid size per axis; smoothness; shim_weight;
+        window: fine search half-width as a fraction of the main fat shift; gn_iterations).
+    """
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown separation option(s): {', '.join(sorted(unknown))}")
+    if precession not in ("auto", "as_stored", "conjugate"):
+        raise ConfigError(f"precession must be auto, as_stored or conjugate, got {precession!r}")
+    te = _check_inputs(echoes, te_s, field_t)
+    opts = {**DEFAULTS, **options, "field_t": float(field_t), "spectrum": spectrum}
+    echoes = np.nan_to_num(np.asarray(echoes, dtype=np.complex64))
+    m = _model(te, field_t, spectrum)
+    mask = signal_mask(echoes, opts["mask_fraction"])
+    if not mask.any():
+        raise InputFileError("no voxel with signal above the mask threshold")
+    psis = _psi_grid(te, opts)
+    if precession == "auto" and m.real:
+        precession = "as_stored"  # undetectable from two echoes (see separate's docstring)
+    tries = {"as_stored": None, "conjugate": None} if precession == "auto" else {precession: None}
+    for name in tries:
+        data = echoes if name == "as_stored" else echoes.conj()
+        tries[name] = _coarse_field(data, mask, m, psis, opts)
+    chosen = min(tries, key=lambda k: tries[k].score)
+    if chosen == "conjugate":
+        echoes = echoes.conj()
+    coarse = tries[chosen]
+    pred = _upsample(coarse.psi, coarse.factors, mask.shape)
+    result = _fine_stage(echoes, pred, mask, m, opts)
+    params = {
+        "algorithm": "multi-resolution VARPRO residual + region growing, voxel-wise "
+        + ("real-valued (common phase) least squares" if m.real else "Gauss-Newton in (psi, R2*)"),
+        "echo_times_s": te.tolist(), "field_t": float(field_t), "fat_spectrum": spectrum.to_dict(),
+        "precession": {"requested": precession, "used": chosen,
+                       "scores": {k: float(v.score) for k, v in tries.items()}},
+        "options": {k: v for k, v in opts.items() if k in DEFAULTS},
+        "coarse_factors": list(coarse.factors), "components": coarse.components,
+        "pdff": "real W, F: F/(W+F)" if m.real else "magnitude discrimination (Liu 2007)",
+        "mask_voxels": int(mask.sum()),
+    }
+    return SeparationResult(*result, mask=mask, params=params)
+
+
+def _fine_stage(echoes, pred, mask, m: _Model, opts):
+    shape = mask.shape
+    s_all = echoes.reshape(-1, m.te.size)
+    pred_all = pred.reshape(-1).astype(float)
+    inside = np.flatnonzero(mask.reshape(-1))
+    water = np.zeros(s_all.shape[0], np.complex64)
+    fat = np.zeros_like(water)
+    psi_out = pred_all.astype(np.float32)
+    r2_out = None if m.real else np.zeros(s_all.shape[0], np.float32)
+    pdff = np.full(s_all.shape[0], np.nan, np.float32)
+    for i in range(0, inside.size, CHUNK):
+        sel = inside[i:i + CHUNK]
+        w, f, psi, r2, real = _fine_fit(s_all[sel].astype(np.complex128), pred_all[sel], m, opts)
+        water[sel], fat[sel], psi_out[sel] = w, f, psi
+        if r2 is not None:
+            r2_out[sel] = r2
+        pdff[sel] = (pdff_from_components(*real, real=True) if real is not None
+                     else pdff_from_components(w, f))
+    outside = np.flatnonzero(~mask.reshape(-1))
+    for i in range(0, outside.size, CHUNK):
+        sel = outside[i:i + CHUNK]
+        s = s_all[sel].astype(np.complex128)
+        if m.real:
+            w, f, *_ = _linear_real(s, pred_all[sel], m)
+        else:
+            w, f = _linear_complex(np.ascontiguousarray(s.T), pred_all[sel], np.zeros(sel.size), m)
+        water[sel], fat[sel] = w, f
+    r2 = None if r2_out is None else r2_out.reshape(shape)
+    return (water.reshape(shape), fat.reshape(shape), pdff.reshape(shape),
+            psi_out.reshape(shape), r2)
