@@ -300,7 +300,7 @@ def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
     cost = np.ones((*cmask.shape, psis.size), np.float32)
     cost[cmask] = residual_curves(cs[cmask], m.te, opts["field_t"], psis, opts["spectrum"])[0]
     psi = np.full(cmask.shape, np.nan)
-    lam, scale, total, energy, comps = opts["smoothness"], m.scale, 0.0, 0.0, []
+    lam, scale, total, energy, comps = opts["smoothness"], m.scale * opts["coarse_scale"], 0.0, 0.0, []
     for j, sl in enumerate(ndimage.find_objects(lab), start=1):
         comp = lab[sl] == j
         if comp.sum() < opts["min_component"]:
@@ -311,7 +311,7 @@ def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
         for k0 in _local_minima(c_cost[seed], opts["seed_candidates"]):
             idx = _grow(c_cost, psis, comp, c_w, seed, k0, lam, scale)
             idx = _conditional_modes(c_cost, psis, idx, comp, c_w, lam, scale)
-            sc, fit = _score(c_cost, psis, idx, comp, c_w, scale, opts["shim_weight"])
+            sc, fit = _score(c_cost, psis, idx, comp, c_w, m.scale, opts["shim_weight"])
             if best is None or sc < best[0]:
                 best = (sc, idx, fit, float(psis[k0]))
         sub = psi[sl]
@@ -434,7 +434,8 @@ def _fine_fit(s, pred, m: _Model, opts):
     offsets = np.linspace(-half, half, n)
     y = s * np.exp(-2j * np.pi * pred[:, None] * m.te)
     curve, r2grid = residual_curves(y, m.te, opts["field_t"], offsets, opts["spectrum"])
-    k = np.argmin(curve, axis=1)
+    tether = opts["fine_smoothness"] * (offsets / (opts["fine_scale"] * m.scale)) ** 2
+    k = np.argmin(curve + tether[None, :], axis=1)
     psi = pred + offsets[k] + _parabolic(curve, k) * (offsets[1] - offsets[0])
     if m.real:
         w, f, wr, fr = _linear_real(s, psi, m)
@@ -462,10 +463,13 @@ DEFAULTS = {
     "mask_fraction": 0.05,
     "coarse_voxels": 32,
     "smoothness": 0.1,
+    "coarse_scale": 0.5,
     "shim_weight": 0.05,
     "seed_candidates": 4,
     "min_component": 4,
     "window": 0.3,
+    "fine_smoothness": 0.1,
+    "fine_scale": 0.05,
     "gn_iterations": 2,
     "r2star_max": 1000.0,
 }
