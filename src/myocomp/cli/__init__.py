@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import exceptions as click_errors
 
 from myocomp.cli import app as app_module
-from myocomp.cli import batch, demo, imaging, phantom, segment, study  # noqa: F401 (register commands)
+from myocomp.cli import batch, demo, imaging, phantom, segment, separate, study  # noqa: F401 (register commands)
 from myocomp.cli.app import app
 from myocomp.errors import MyocompError
 from myocomp.io import os_error_message

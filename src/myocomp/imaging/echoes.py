@@ -241,3 +241,29 @@ def read_dicom_echoes(folder: str | Path, *, phase_units: str = "auto") -> EchoD
                     te_s=tuple(t / 1000.0 for t in tes), source=str(folder),
                     field_t=fields.pop() if fields else None,
                     phase_units=",".join(sorted(units)) or None)
+
+
+def _resolve(header, option, name: str, unit: str, rtol: float = 0.01):
+    if option is None:
+        if header is None:
+            raise ConfigError(f"no {name} in the headers/sidecars; give it as an option ({unit})")
+        return header
+    if header is not None and not np.allclose(np.asarray(header, float), np.asarray(option, float),
+                                              rtol=rtol):
+        raise ConfigError(f"{name} option {option} conflicts with the headers' {header}")
+    return option
+
+
+def separate_echo_data(data: EchoData, *, te_s=None, field_t: float | None = None,
+                       precession: str = "auto", **options):
+    """Run :func:`myocomp.imaging.fatwater.separate` on loaded echoes; echo times (s) and field (T)
+    from the headers, or the options (a conflict between both is an error)."""
+    from myocomp.imaging.fatwater import separate
+
+    te = _resolve(data.te_s, None if te_s is None else tuple(te_s), "echo times", "ms")
+    if len(te) != data.echoes.shape[-1]:
+        raise ConfigError(f"{len(te)} echo times given for {data.echoes.shape[-1]} echoes")
+    field = _resolve(data.field_t, field_t, "field strength", "T")
+    result = separate(data.echoes, te, float(field), precession=precession, **options)
+    result.params.update({"source": data.source, "phase_units": data.phase_units})
+    return result

@@ -287,6 +287,7 @@ class _Coarse:
     psi: np.ndarray  # (cx, cy, cz) Hz, NaN where not estimated
     factors: tuple[int, ...]
     score: float
+    fit: float
     components: list
 
 
@@ -300,7 +301,8 @@ def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
     cost = np.ones((*cmask.shape, psis.size), np.float32)
     cost[cmask] = residual_curves(cs[cmask], m.te, opts["field_t"], psis, opts["spectrum"])[0]
     psi = np.full(cmask.shape, np.nan)
-    lam, scale, total, energy, comps = opts["smoothness"], m.scale * opts["coarse_scale"], 0.0, 0.0, []
+    lam, scale, comps = opts["smoothness"], m.scale * opts["coarse_scale"], []
+    total = fit_total = energy = 0.0
     for j, sl in enumerate(ndimage.find_objects(lab), start=1):
         comp = lab[sl] == j
         if comp.sum() < opts["min_component"]:
@@ -317,11 +319,11 @@ def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
         sub = psi[sl]
         sub[comp] = psis[best[1][comp]]
         e = float((c_w[comp] ** 2).sum())
-        total, energy = total + best[0] * e, energy + e
+        total, fit_total, energy = total + best[0] * e, fit_total + best[2] * e, energy + e
         comps.append({"coarse_voxels": int(comp.sum()), "seed_hz": best[3],
                       "score": best[0], "residual": best[2]})
     return _Coarse(psi=psi, factors=f, score=total / energy if energy else np.inf,
-                   components=comps)
+                   fit=fit_total / energy if energy else np.inf, components=comps)
 
 
 def _upsample(coarse: np.ndarray, factors, shape) -> np.ndarray:
@@ -465,12 +467,13 @@ DEFAULTS = {
     "smoothness": 0.1,
     "coarse_scale": 0.5,
     "shim_weight": 0.05,
-    "seed_candidates": 4,
+    "seed_candidates": 8,
     "min_component": 4,
     "window": 0.3,
     "fine_smoothness": 0.1,
     "fine_scale": 0.05,
     "gn_iterations": 2,
+    "precession_margin": 0.85,
     "r2star_max": 1000.0,
 }
 
@@ -509,7 +512,8 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     spectrum : fat model (default :data:`HAMILTON_LIVER_6`).
     precession : ``"as_stored"`` (data follow the model's sign, ISMRM ``PrecessionIsClockwise=1``),
         ``"conjugate"`` (the other direction: data are conjugated first) or ``"auto"``: both
-        are tried at the coarse level and the better score (multi-peak fit + shim prior) is kept.
+        are tried at the coarse level and the one whose field map fits the multi-peak model
+        better is kept; a near tie (residual ratio above ``precession_margin``) is an error.
         With two echoes the direction cannot be detected: conjugated data give the same W and F
         (real, one phase) and a mirrored field map, so ``auto`` means ``as_stored`` there.
     options : see :data:`DEFAULTS` (field_range_hz: half-width of the field-map search in Hz;
@@ -535,7 +539,7 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     for name in tries:
         data = echoes if name == "as_stored" else echoes.conj()
         tries[name] = _coarse_field(data, mask, m, psis, opts)
-    chosen = min(tries, key=lambda k: tries[k].score)
+    chosen = _choose_precession(tries, opts["precession_margin"])
     if chosen == "conjugate":
         echoes = echoes.conj()
     coarse = tries[chosen]
@@ -546,13 +550,25 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
         + ("real-valued (common phase) least squares" if m.real else "Gauss-Newton in (psi, R2*)"),
         "echo_times_s": te.tolist(), "field_t": float(field_t), "fat_spectrum": spectrum.to_dict(),
         "precession": {"requested": precession, "used": chosen,
-                       "scores": {k: float(v.score) for k, v in tries.items()}},
+                       "residuals": {k: float(v.fit) for k, v in tries.items()}},
         "options": {k: v for k, v in opts.items() if k in DEFAULTS},
         "coarse_factors": list(coarse.factors), "components": coarse.components,
         "pdff": "real W, F: F/(W+F)" if m.real else "magnitude discrimination (Liu 2007)",
         "mask_voxels": int(mask.sum()),
     }
     return SeparationResult(*result, mask=mask, params=params)
+
+
+def _choose_precession(tries: dict, margin: float) -> str:
+    """The direction whose coarse field map fits the multi-peak model better; refuse a near tie."""
+    if len(tries) == 1:
+        return next(iter(tries))
+    a, b = tries["as_stored"].fit, tries["conjugate"].fit
+    if min(a, b) > margin * max(a, b):
+        raise InputFileError(
+            f"cannot tell the direction of precession from the data (relative residual "
+            f"{a:.4g} as stored vs {b:.4g} conjugated); give --precession as_stored or conjugate")
+    return "as_stored" if a < b else "conjugate"
 
 
 def _fine_stage(echoes, pred, mask, m: _Model, opts):

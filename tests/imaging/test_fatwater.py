@@ -1,0 +1,129 @@
+"""Fat-water separation on multi-echo phantoms with exact truth (imaging/fatwater.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from myocomp.errors import ConfigError, InputFileError
+from myocomp.imaging import fatwater as fw
+from myocomp.imaging.echoes import detect_phase_units, phase_to_radians
+from myocomp.synth.multiecho import _muscle_mask, make_multiecho_phantom
+
+GRID = {"voxel_size_mm": (4.0, 4.0, 8.0), "supersample": 1}
+
+#: (echo times ms, field T, R2* 1/s). Two echoes cannot estimate R2*: those phantoms have none
+#: (the two-echo model assumes no decay between the echoes; see the README).
+PROTOCOLS = [
+    ((2.3, 3.5), 3.0, 0.0),
+    ((1.2, 2.2, 3.2), 3.0, 40.0),
+    ((1.2, 2.2, 3.2, 4.2, 5.2, 6.2), 3.0, 40.0),
+    ((2.3, 4.6), 1.5, 0.0),
+    ((1.6, 3.6, 5.6), 1.5, 40.0),
+    ((2.4, 4.4, 6.4, 8.4, 10.4, 12.4), 1.5, 40.0),
+]
+
+
+def _errors(ph, result):
+    muscle = _muscle_mask(ph.labels, "mrsegmentator")
+    body = np.isfinite(ph.pdff) & (ph.water + ph.fat > 200)  # tissue: PD >~ 0.2
+    err = result.pdff - ph.pdff
+    return muscle, body, err
+
+
+@pytest.mark.parametrize(("te_ms", "field_t", "r2star"), PROTOCOLS)
+def test_phantom_pdff_field_and_no_swap(te_ms, field_t, r2star):
+    ph = make_multiecho_phantom(3, te_ms=te_ms, field_t=field_t, b0_range_hz=300.0,
+                                r2star=r2star, snr=40.0, **GRID)
+    assert np.abs(ph.fieldmap_hz).max() == pytest.approx(300.0, rel=1e-3)
+    result = fw.separate(ph.echoes, ph.te_s, field_t)
+    muscle, body, err = _errors(ph, result)
+    assert np.isfinite(result.pdff[body]).all()
+    assert np.median(np.abs(err[muscle])) <= 0.02
+    for label in np.unique(ph.labels[muscle]):
+        assert abs(np.mean(err[ph.labels == label])) <= 0.01, label
+    assert np.mean(np.abs(err[body]) > 0.3) <= 0.005  # no water-fat swap
+    field_err = np.abs(result.fieldmap_hz - ph.fieldmap_hz)[body]
+    assert np.median(field_err) <= 5.0
+    assert np.mean(field_err <= 15.0) >= 0.9
+    if len(te_ms) >= 3:
+        assert np.median(result.r2star[muscle]) == pytest.approx(r2star, abs=3.0)
+    else:
+        assert result.r2star is None
+
+
+def test_conjugated_phase_detected_with_three_echoes():
+    ph = make_multiecho_phantom(4, te_ms=(1.2, 2.2, 3.2), field_t=3.0, b0_range_hz=200.0,
+                                precession="conjugate", **GRID)
+    result = fw.separate(ph.echoes, ph.te_s, 3.0)
+    assert result.params["precession"]["used"] == "conjugate"
+    muscle, body, err = _errors(ph, result)
+    assert np.median(np.abs(err[muscle])) <= 0.02
+    assert np.median(np.abs(result.fieldmap_hz - ph.fieldmap_hz)[body]) <= 5.0
+    forced = fw.separate(ph.echoes, ph.te_s, 3.0, precession="as_stored")
+    _, _, forced_err = _errors(ph, forced)
+    assert np.median(np.abs(forced_err[body])) > 0.05  # the wrong sign biases PDFF: it matters
+
+
+def test_two_echo_conjugate_keeps_water_and_fat():
+    """With two echoes the phase sign cannot be detected, and it does not change W and F."""
+    kw = dict(te_ms=(2.3, 3.5), field_t=3.0, b0_range_hz=100.0, r2star=0.0, **GRID)
+    a = make_multiecho_phantom(5, **kw)
+    b = make_multiecho_phantom(5, precession="conjugate", **kw)
+    ra, rb = fw.separate(a.echoes, a.te_s, 3.0), fw.separate(b.echoes, b.te_s, 3.0)
+    assert ra.params["precession"]["used"] == rb.params["precession"]["used"] == "as_stored"
+    body = np.isfinite(a.pdff) & (a.water + a.fat > 200)
+    assert np.median(np.abs(ra.pdff - rb.pdff)[body]) < 0.01
+
+
+def test_noise_free_voxel_is_recovered_exactly():
+    te = np.array([1.1, 2.0, 2.9, 3.8]) / 1000
+    w, f = np.array([600.0 + 0j, 20.0]), np.array([150.0 + 0j, 700.0])
+    s = fw.signal_model(w * np.exp(0.4j), f * np.exp(0.4j), np.array([37.0, -120.0]),
+                        np.array([35.0, 60.0]), te, 3.0)
+    echoes = np.tile(s[:, None, None, :], (1, 8, 8, 1)).astype(np.complex64)
+    r = fw.separate(echoes, te, 3.0, precession="as_stored")
+    np.testing.assert_allclose(r.pdff[:, 3, 3], [150 / 750, 700 / 720], atol=2e-3)
+    np.testing.assert_allclose(r.fieldmap_hz[:, 3, 3], [37.0, -120.0], atol=0.5)
+    np.testing.assert_allclose(r.r2star[:, 3, 3], [35.0, 60.0], atol=1.0)
+
+
+def test_fat_spectrum_and_model():
+    spec = fw.HAMILTON_LIVER_6
+    assert spec.weights().sum() == pytest.approx(1.0)
+    assert spec.main_shift_hz(3.0) == pytest.approx(-3.40 * 42.577478518 * 3.0)
+    assert fw.fat_phasors([0.0], 1.5)[0] == pytest.approx(1.0)
+    assert abs(fw.fat_phasors([0.0023], 3.0)[0]) < 1.0  # peaks dephase
+
+
+def test_bad_inputs_are_refused():
+    echoes = np.ones((4, 4, 2, 3), np.complex64)
+    with pytest.raises(ConfigError, match="echo times"):
+        fw.separate(echoes, [0.001, 0.002], 3.0)
+    with pytest.raises(ConfigError, match="ms, not s"):
+        fw.separate(echoes, [1.0, 2.0, 3.0], 3.0)
+    with pytest.raises(ConfigError, match="distinct"):
+        fw.separate(echoes, [0.001, 0.001, 0.002], 3.0)
+    with pytest.raises(ConfigError, match="field strength"):
+        fw.separate(echoes, [0.001, 0.002, 0.003], 30.0)
+    with pytest.raises(InputFileError, match="no voxel"):
+        fw.separate(np.zeros((4, 4, 2, 3), np.complex64), [0.001, 0.002, 0.003], 3.0)
+    with pytest.raises(ConfigError, match="unknown"):
+        fw.separate(echoes, [0.001, 0.002, 0.003], 3.0, smoothnes=1.0)
+
+
+@pytest.mark.parametrize(("units", "scale"), [("rad", 1.0), ("deg", 180 / np.pi),
+                                              ("mrad", 1000.0), ("int12", 4096 / np.pi)])
+def test_phase_units_detected(units, scale):
+    phase = np.linspace(-np.pi, np.pi, 1000) * 0.999
+    assert detect_phase_units(phase * scale) == units
+    np.testing.assert_allclose(phase_to_radians(phase * scale)[0], phase, atol=2e-3)
+
+
+def test_phase_units_uint12_and_unknown():
+    phase = np.linspace(0, 4095, 500)
+    assert detect_phase_units(phase) == "uint12"
+    with pytest.raises(InputFileError, match="no known unit"):
+        detect_phase_units(np.array([-20000.0, 20000.0]))
+    with pytest.raises(ConfigError):
+        phase_to_radians(phase, "grad")
