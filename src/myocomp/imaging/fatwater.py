@@ -268,11 +268,29 @@ def _conditional_modes(cost, psis, idx, comp, weight, lam, scale, passes=2):
     return idx
 
 
-def _local_minima(curve: np.ndarray, n: int) -> np.ndarray:
+def _seed_candidates(curve, psis, n: int, period: float | None, shift: float):
+    """Grid indices of seed field values to try: the lowest local minima of ``curve`` and the
+    water/fat aliases of the best one (+- the main fat shift ``shift``, Hz); one per class
+    (modulo the residual's ``period`` with uniform echo spacing, each nearest 0 Hz), at most
+    ``n`` minima plus the two aliases."""
     inner = np.flatnonzero((curve[1:-1] <= curve[:-2]) & (curve[1:-1] <= curve[2:])) + 1
-    if inner.size == 0:
-        inner = np.array([int(np.argmin(curve))])
-    return inner[np.argsort(curve[inner])][:n]
+    order = inner[np.argsort(curve[inner])] if inner.size else np.array([int(np.argmin(curve))])
+    best = psis[order[0]]
+    values = [psis[k] for k in order[:n]] + [best + shift, best - shift]
+    tol = max(2 * (psis[1] - psis[0]), 0.1 * abs(shift))
+    kept: list[float] = []
+    for v in values:
+        if period:
+            v = v - period * np.round(v / period)
+        if psis[0] <= v <= psis[-1] and all(abs(v - u) > tol for u in kept):
+            kept.append(v)
+    return np.array([int(np.argmin(np.abs(psis - v))) for v in kept])
+
+
+def _period(te: np.ndarray) -> float | None:
+    """Period (Hz) of the residual in psi when the echoes are uniformly spaced, else None."""
+    d = np.diff(np.sort(te))
+    return float(1.0 / d.mean()) if np.ptp(d) < 1e-3 * d.mean() else None
 
 
 def _score(cost, psis, idx, comp, weight, scale, shim_weight):
@@ -310,7 +328,8 @@ def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
         c_cost, c_w = cost[sl], np.where(comp, weight[sl], 0.0)
         seed = np.unravel_index(np.argmax(ndimage.uniform_filter(c_w, 3) * comp), comp.shape)
         best = None
-        for k0 in _local_minima(c_cost[seed], opts["seed_candidates"]):
+        for k0 in _seed_candidates(c_cost[seed], psis, opts["seed_candidates"], _period(m.te),
+                                   m.scale):
             idx = _grow(c_cost, psis, comp, c_w, seed, k0, lam, scale)
             idx = _conditional_modes(c_cost, psis, idx, comp, c_w, lam, scale)
             sc, fit = _score(c_cost, psis, idx, comp, c_w, m.scale, opts["shim_weight"])
@@ -467,7 +486,7 @@ DEFAULTS = {
     "smoothness": 0.1,
     "coarse_scale": 0.5,
     "shim_weight": 0.05,
-    "seed_candidates": 8,
+    "seed_candidates": 4,
     "min_component": 4,
     "window": 0.3,
     "fine_smoothness": 0.1,
