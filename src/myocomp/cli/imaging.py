@@ -39,9 +39,28 @@ def print_metrics(metrics, title: str) -> None:
     Console(width=120).print(table)
 
 
+def _ff_input(ff_map, ff_units, echoes, water, fat, in_phase):
+    """(DixonVolume carrying the given fat fraction, method name), or (None, None) without
+    --ff-map/--echoes. The fat fraction then enters every metric unchanged."""
+    if ff_map is None and echoes is None:
+        return None, None
+    if (ff_map is not None and echoes is not None) or any(x is not None for x in (water, fat, in_phase)):
+        raise DataError("give one fat-fraction source: --fat (with --water), --ff-map or --echoes")
+    if ff_map is not None:
+        from myocomp.imaging.echoes import load_ff_map
+
+        return load_ff_map(ff_map, units=ff_units), "ff_map"
+    from myocomp.imaging.echoes import load_echo_folder, separate_echo_data
+    from myocomp.imaging.fatwater import dixon_from_ff
+
+    data = load_echo_folder(echoes)
+    result = separate_echo_data(data)
+    return dixon_from_ff(result.pdff, data.affine, source=str(echoes)), "separated_pdff"
+
+
 @app.command()
 def quantify(
-    water: Path = typer.Option(..., "--water", help="Water image (NIfTI), or the single-contrast image when --fat is omitted."),
+    water: Path | None = typer.Option(None, "--water", help="Water image (NIfTI), or the single-contrast image when --fat is omitted. Not needed with --ff-map or --echoes."),
     labels: Path = typer.Option(..., "--labels", help="Muscle label map (NIfTI) on the same grid as the images."),
     out: Path = typer.Option(..., "--out", help="Metrics table to write: .csv, .tsv, .parquet or .json."),
     fat: Path | None = typer.Option(None, "--fat", help="Fat image (NIfTI). Omit for the approximate single-contrast (GMM) mode."),
@@ -57,6 +76,9 @@ def quantify(
     provenance: Path | None = typer.Option(None, "--provenance", help="Also write parameters, definitions and versions as JSON."),
     fat_is_dark: bool = typer.Option(False, "--fat-is-dark", help="Single-contrast mode only: fat is the darker class (e.g. fat-suppressed T2)."),
     skip_anatomy_check: bool = typer.Option(False, "--skip-anatomy-check", help="Do not check the label map against anatomy (sides, back dorsal, psoas ventral, ...) for odd fields of view; ids are still checked. Recorded in the provenance."),
+    ff_map: Path | None = typer.Option(None, "--ff-map", help="Vendor fat-fraction/PDFF map (NIfTI, or a DICOM folder with one fat-fraction series) used as the fat fraction instead of --water/--fat."),
+    ff_units: str = typer.Option("auto", "--ff-units", help="Units of --ff-map: auto (fraction if values <= 1.05, percent if <= 105), fraction or percent."),
+    echoes: Path | None = typer.Option(None, "--echoes", help="Multi-echo folder (BIDS NIfTI with sidecars, or DICOM): run 'myocomp separate' first and use its PDFF."),
 ) -> None:
     """Per-muscle and per-group volume, fat fraction, lean volume, InterMAT and LMM of one scan.
 
@@ -80,15 +102,20 @@ def quantify(
     group_tuple = parse_groups(groups)
     images = {"water": water, "fat": fat, "in_phase": in_phase, "opposed_phase": opposed_phase}
     inputs = {f"--{k.replace('_', '-')}": v for k, v in images.items()} | {"--labels": labels}
+    inputs |= {"--ff-map": ff_map, "--echoes": echoes}
     if Path(profile).is_file():
         inputs["--profile"] = Path(profile)
     check_output_paths({"--out": out, "--slices": slices, "--provenance": provenance}, inputs)
     label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
-    dixon = load_dixon(water, fat, in_phase=in_phase, opposed_phase=opposed_phase)
+    dixon, method = _ff_input(ff_map, ff_units, echoes, water, fat, in_phase)
+    if dixon is None:
+        if water is None:
+            raise DataError("--water is required (or give --ff-map or --echoes)")
+        dixon = load_dixon(water, fat, in_phase=in_phase, opposed_phase=opposed_phase)
     signal = qc.signal_check(dixon)
     if signal.errors:
         role, reason = signal.errors[0]
-        raise DataError(reason, source=images[role])
+        raise DataError(reason, source=images.get(role) or ff_map or echoes)
     labelmap = load_labels(labels, label_profile, reference=dixon, anatomy_check=not skip_anatomy_check)
     result = run_quantify(
         dixon,
@@ -101,6 +128,9 @@ def quantify(
         with_slices=slices is not None,
         fat_is_bright=not fat_is_dark,
     )
+    if method is not None:
+        result.metrics["method"] = method
+        result.provenance["fat_fraction_input"] = method
     flags = qc.assess(dixon, labelmap, group_tuple, signal=signal)
     metrics = qc.add_flag_columns(result.metrics, flags)
     record = dict(result.provenance, qc=flags.to_dict(), warnings=captured_warnings())
@@ -110,7 +140,8 @@ def quantify(
             write_table(result.slices, stage.file(slices))
         if provenance is not None:
             write_json(record, stage.file(provenance))
-    print_metrics(metrics, f"{participant_id or water.name}: {metrics['method'].iloc[0]}")
+    name = participant_id or Path(water or ff_map or echoes).name
+    print_metrics(metrics, f"{name}: {metrics['method'].iloc[0]}")
     raised = [c for c in qc.FLAG_COLUMNS if metrics[c].any()]
     if raised:
         typer.echo(f"warning: QC flags {', '.join(raised)}: {metrics['qc_notes'].iloc[0]}", err=True)

@@ -248,8 +248,8 @@ def _resolve(header, option, name: str, unit: str, rtol: float = 0.01):
         if header is None:
             raise ConfigError(f"no {name} in the headers/sidecars; give it as an option ({unit})")
         return header
-    if header is not None and not np.allclose(np.asarray(header, float), np.asarray(option, float),
-                                              rtol=rtol):
+    h, o = np.atleast_1d(np.asarray(header, float)), np.atleast_1d(np.asarray(option, float))
+    if header is not None and (h.shape != o.shape or not np.allclose(h, o, rtol=rtol)):
         raise ConfigError(f"{name} option {option} conflicts with the headers' {header}")
     return option
 
@@ -267,3 +267,49 @@ def separate_echo_data(data: EchoData, *, te_s=None, field_t: float | None = Non
     result = separate(data.echoes, te, float(field), precession=precession, **options)
     result.params.update({"source": data.source, "phase_units": data.phase_units})
     return result
+
+
+def load_ff_map(path: str | Path, *, units: str = "auto"):
+    """A fat-fraction/PDFF map (NIfTI file, or a DICOM folder with one fat-fraction series,
+    ImageType FF/FAT_FRACTION/PDFF or a description such as 'fat fraction') as a DixonVolume
+    carrying it (see :func:`myocomp.imaging.fatwater.dixon_from_ff`)."""
+    from myocomp.imaging.dixon import load_nifti
+    from myocomp.imaging.fatwater import dixon_from_ff, ff_map_to_fraction
+
+    path = Path(path)
+    if path.is_dir():
+        data, affine = _dicom_ff_series(path)
+    else:
+        img = load_nifti(path, "ff map")
+        data, affine = np.asarray(img.dataobj, dtype=np.float32), img.affine
+    return dixon_from_ff(ff_map_to_fraction(data, units, source=path), affine, source=str(path))
+
+
+_FF_DESCRIPTION = re.compile(r"(fat[\s_-]*frac|pdff|\bff\b|_ff$)")
+
+
+def _dicom_ff_series(folder: Path):
+    from myocomp.imaging.dicom import _IGNORED_TOKENS, _read_header, _series_volume, _Slice, _text
+
+    series: dict[str, list] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        ds = _read_header(path)
+        if ds is None or "Rows" not in ds or "ImagePositionPatient" not in ds:
+            continue
+        tokens = {_text(t).upper() for t in (getattr(ds, "ImageType", None) or [])}
+        desc = _text(getattr(ds, "SeriesDescription", "") or "").lower()
+        is_ff = bool(tokens & (_IGNORED_TOKENS - {"T2_STAR", "R2_STAR", "T2STAR", "R2STAR",
+                                                   "WATER_FRACTION", "WF"}))
+        if not (is_ff or _FF_DESCRIPTION.search(desc)):
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", ""))
+        series.setdefault(uid, []).append(_Slice(
+            path=path, channel="ff", series=uid,
+            orientation=tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
+            position=np.array([float(v) for v in ds.ImagePositionPatient]),
+            spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+            shape=(int(ds.Rows), int(ds.Columns))))
+    if len(series) != 1:
+        raise InputFileError(f"{len(series)} fat-fraction DICOM series found; need exactly one",
+                             source=folder)
+    return _series_volume(next(iter(series.values())), folder)

@@ -620,3 +620,40 @@ def _fine_stage(echoes, pred, mask, m: _Model, opts):
     r2 = None if r2_out is None else r2_out.reshape(shape)
     return (water.reshape(shape), fat.reshape(shape), pdff.reshape(shape),
             psi_out.reshape(shape), r2)
+
+
+FF_UNITS = ("auto", "fraction", "percent")
+
+
+def ff_map_to_fraction(ff: np.ndarray, units: str = "auto", *, source=None) -> np.ndarray:
+    """A vendor fat-fraction/PDFF map as a fraction 0-1 (float32, clipped; NaN kept).
+
+    ``auto``: fraction when the 99.9th percentile of the finite values is <= 1.05, percent
+    when it is <= 105; anything larger (e.g. per-mille storage) must be given explicitly.
+    """
+    if units not in FF_UNITS:
+        raise ConfigError(f"fat-fraction units {units!r} not one of {', '.join(FF_UNITS)}")
+    ff = np.asarray(ff, dtype=np.float32)
+    finite = ff[np.isfinite(ff)]
+    if not finite.size:
+        raise InputFileError("fat-fraction map has no finite voxel", source=source)
+    if units == "auto":
+        top = float(np.percentile(finite, 99.9))
+        if top <= 1.05:
+            units = "fraction"
+        elif top <= 105:
+            units = "percent"
+        else:
+            raise InputFileError(f"fat-fraction map values reach {top:g}: neither a fraction "
+                                 "(0-1) nor percent (0-100)", source=source)
+    scale = np.float32(100.0 if units == "percent" else 1.0)
+    return np.clip(ff / scale, 0.0, 1.0)
+
+
+def dixon_from_ff(ff: np.ndarray, affine: np.ndarray, source: str = ""):
+    """A :class:`~myocomp.imaging.dixon.DixonVolume` whose fat fraction F / (W + F) is ``ff``
+    (W = 1 - ff, F = ff; NaN stays invalid), so every metric uses the given map unchanged."""
+    from myocomp.imaging.dixon import dixon_from_arrays
+
+    ff = np.asarray(ff, dtype=np.float32)
+    return dixon_from_arrays(np.float32(1.0) - ff, ff, affine, source=source)
