@@ -13,6 +13,10 @@ Image source, exactly one per row:
     ``<channel>_<n>.nii[.gz]`` (channel one of water, fat, in_phase, opposed_phase; n = 1, 2, ...).
     ``water_stations`` + ``fat_stations`` (+ ``in_phase_stations``, ``opposed_phase_stations``):
     ``;``-separated lists of NIfTI files, station k of each channel sharing one grid.
+    ``ff_map``: a fat-fraction/PDFF map (NIfTI, or a DICOM folder with one fat-fraction
+    series; percent or fraction detected) used as the fat fraction; needs ``labels``.
+    ``echoes``: a multi-echo folder (BIDS NIfTI + sidecars, or DICOM), separated first
+    (``myocomp separate``); its PDFF is the fat fraction; needs ``labels``.
 ``labels``, ``profile`` (optional)
     A precomputed label map and the label profile naming its ids (``mrsegmentator``, ...,
     or a dataset.json / mapping file). Without ``labels`` the batch segments with ``--model``.
@@ -39,6 +43,8 @@ COLUMNS = (
     "dicom_dir",
     "stations",
     *STATION_COLUMNS,
+    "ff_map",
+    "echoes",
     "labels",
     "profile",
     "bmi",
@@ -76,6 +82,8 @@ class Participant:
     opposed_phase: Path | None = None
     dicom_dir: Path | None = None
     stations: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    ff_map: Path | None = None
+    echoes: Path | None = None
     labels: Path | None = None
     profile: str | None = None
     bmi: float | None = None
@@ -93,6 +101,11 @@ class Participant:
         elif self.kind == "dicom":
             assert self.dicom_dir is not None
             files["dicom"] = sorted(p for p in self.dicom_dir.rglob("*") if p.is_file())
+        elif self.kind in ("ff_map", "echoes"):
+            src = self.ff_map if self.kind == "ff_map" else self.echoes
+            assert src is not None
+            files[self.kind] = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() \
+                else [src]
         else:
             for ch, paths in self.stations.items():
                 files[f"{ch}_stations"] = list(paths)
@@ -254,12 +267,14 @@ def _parse_row(
         sources.append("dicom_dir")
     if row.get("stations") or any(row.get(c) for c in STATION_COLUMNS):
         sources.append("stations")
+    sources += [c for c in ("ff_map", "echoes") if row.get(c)]
     if not sources:
         problems.append("no image source: give water + fat, dicom_dir, or stations")
     elif len(sources) > 1:
         problems.append(f"more than one image source ({', '.join(sources)}); give exactly one")
 
-    kind = {"water/fat": "nifti", "dicom_dir": "dicom", "stations": "stations"}.get(
+    kind = {"water/fat": "nifti", "dicom_dir": "dicom", "stations": "stations",
+            "ff_map": "ff_map", "echoes": "echoes"}.get(
         sources[0] if len(sources) == 1 else "", ""
     )
     channels: dict[str, Path | None] = {c: None for c in CHANNELS}
@@ -275,6 +290,14 @@ def _parse_row(
         dicom_dir = file("dicom_dir", folder=True)
     elif kind == "stations":
         stations = _parse_stations(row, base, problems)
+    extra = {c: None for c in ("ff_map", "echoes")}
+    if kind in extra:
+        extra[kind] = _resolve(base, row[kind])
+        if not extra[kind].exists() or (kind == "echoes" and not extra[kind].is_dir()):
+            problems.append(f"{kind}: {'folder' if kind == 'echoes' else 'file'} not found: "
+                            f"{extra[kind]}")
+        if not row.get("labels"):
+            problems.append(f"{kind} needs a labels column (no segmentation of fat fractions)")
     if kind and kind != "nifti" and any(row.get(c) for c in ("in_phase", "opposed_phase")):
         problems.append("in_phase/opposed_phase columns only go with water + fat")
 
@@ -308,6 +331,8 @@ def _parse_row(
         opposed_phase=channels["opposed_phase"],
         dicom_dir=dicom_dir,
         stations=stations,
+        ff_map=extra["ff_map"] if kind in extra else None,
+        echoes=extra["echoes"] if kind in extra else None,
         labels=labels,
         profile=profile or None,
         bmi=bmi,

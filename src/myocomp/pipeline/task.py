@@ -92,6 +92,16 @@ def load_volume(p: Participant):
         from myocomp.imaging.dicom import read_dicom_dixon
 
         return read_dicom_dixon(p.dicom_dir)
+    if p.kind == "ff_map":
+        from myocomp.imaging.echoes import load_ff_map
+
+        return load_ff_map(p.ff_map)
+    if p.kind == "echoes":
+        from myocomp.imaging.echoes import load_echo_folder, separate_echo_data
+        from myocomp.imaging.fatwater import dixon_from_ff
+
+        data = load_echo_folder(p.echoes)
+        return dixon_from_ff(separate_echo_data(data).pdff, data.affine, source=str(p.echoes))
     from myocomp.imaging.stitch import stitch_dixon
 
     return stitch_dixon(p.stations, source=f"{p.participant_id} stations")
@@ -158,6 +168,8 @@ def process_participant(
             groups=params.groups,
             participant_id=pid,
         )
+        if p.kind in ("ff_map", "echoes"):
+            result.metrics["method"] = "ff_map" if p.kind == "ff_map" else "separated_pdff"
 
         stage = "qc"
         from myocomp.imaging import qc
