@@ -514,6 +514,25 @@ def _check_inputs(echoes, te_s, field_t):
     return te
 
 
+#: Least phase advance (cycles, wrapped) of the main fat peak between some pair of echoes.
+MIN_FAT_ENCODING_CYCLES = 0.1
+
+
+def check_fat_encoding(te_s, field_t: float, spectrum: FatSpectrum = HAMILTON_LIVER_6) -> float:
+    """Largest wrapped phase advance (cycles, 0-0.5) of the main fat peak between two echoes;
+    :class:`ConfigError` when it is below :data:`MIN_FAT_ENCODING_CYCLES`, where a voxel's water
+    and fat interpretations differ by only a few Hz of field and cannot be told apart."""
+    te = np.asarray(te_s, dtype=float)
+    cycles = spectrum.main_shift_hz(field_t) * (te[:, None] - te[None, :])
+    best = float(np.abs(cycles - np.round(cycles)).max())
+    if best < MIN_FAT_ENCODING_CYCLES:
+        raise ConfigError(
+            f"echo times {[round(t * 1000, 3) for t in te]} ms at {field_t:g} T do not separate "
+            f"water and fat: the main fat peak advances at most {360 * best:.0f} degrees (modulo "
+            f"a turn) between echoes, {360 * MIN_FAT_ENCODING_CYCLES:.0f} are needed")
+    return best
+
+
 def _psi_grid(te, opts) -> np.ndarray:
     step = float(np.clip(1.0 / (12.0 * (te.max() - te.min())), 4.0, 15.0))
     half = opts["field_range_hz"]
@@ -545,6 +564,7 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     if precession not in ("auto", "as_stored", "conjugate"):
         raise ConfigError(f"precession must be auto, as_stored or conjugate, got {precession!r}")
     te = _check_inputs(echoes, te_s, field_t)
+    encoding = check_fat_encoding(te, field_t, spectrum)
     opts = {**DEFAULTS, **options, "field_t": float(field_t), "spectrum": spectrum}
     echoes = np.nan_to_num(np.asarray(echoes, dtype=np.complex64))
     m = _model(te, field_t, spectrum)
@@ -573,7 +593,7 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
         "options": {k: v for k, v in opts.items() if k in DEFAULTS},
         "coarse_factors": list(coarse.factors), "components": coarse.components,
         "pdff": "real W, F: F/(W+F)" if m.real else "magnitude discrimination (Liu 2007)",
-        "mask_voxels": int(mask.sum()),
+        "mask_voxels": int(mask.sum()), "fat_encoding_cycles": encoding,
     }
     return SeparationResult(*result, mask=mask, params=params)
 
