@@ -187,3 +187,10 @@ def test_dicom_magnitude_phase_echoes_and_ff_series(tmp_path, capsys):
         assert code == 0, err
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     pd.testing.assert_frame_equal(a[METRICS], b[METRICS], rtol=1e-4)
+
+
+def test_separate_never_writes_into_its_input(echo_dir, capsys):
+    before = sorted(p.name for p in echo_dir.iterdir())
+    code, _, err = run(["separate", "--echoes", echo_dir, "--out", echo_dir / "sep"], capsys)
+    assert code == 2 and "inside the input folder" in err
+    assert sorted(p.name for p in echo_dir.iterdir()) == before

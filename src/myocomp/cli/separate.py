@@ -55,19 +55,23 @@ def load_echo_input(magnitude, phase, dicom, echoes, phase_units):
     return load_echo_pairs(magnitude, phase, phase_units=phase_units)
 
 
-def write_separation(result, affine, out: Path) -> list[Path]:
-    """Write the maps (float32, input grid) and separation.json; each file atomically."""
+def write_separation(result, affine, out: Path, protect=()) -> list[Path]:
+    """Write the maps (float32, input grid) and separation.json, all or none, never over
+    an input (``protect``)."""
     import numpy as np
 
-    from myocomp.io import save_nifti, write_json
+    from myocomp.io import save_nifti, staged_outputs, write_json
 
     maps = {"water": np.abs(result.water), "fat": np.abs(result.fat), "pdff": result.pdff,
             "fieldmap_hz": result.fieldmap_hz}
     if result.r2star is not None:
         maps["r2star"] = result.r2star
-    paths = [save_nifti(v.astype(np.float32), affine, out / f"{k}.nii.gz") for k, v in maps.items()]
-    paths.append(write_json(result.params, out / "separation.json"))
-    return paths
+    with staged_outputs(protect=protect) as stage:
+        folder = stage.folder(out)
+        for k, v in maps.items():
+            save_nifti(v.astype(np.float32), affine, folder / f"{k}.nii.gz")
+        write_json(result.params, folder / "separation.json")
+    return [out / f"{k}.nii.gz" for k in maps] + [out / "separation.json"]
 
 
 @app.command()
@@ -89,13 +93,17 @@ def separate(
 
     if not (0 < field_range_hz <= 5000) or not (0 < mask_fraction < 1):
         raise ConfigError("--field-range-hz must lie in (0, 5000] and --mask-fraction in (0, 1)")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
+    from myocomp.io import check_output_paths
+
+    inputs = {"--dicom": dicom, "--echoes": echoes}
+    inputs |= {f"--magnitude {i + 1}": p for i, p in enumerate(magnitude or [])}
+    inputs |= {f"--phase {i + 1}": p for i, p in enumerate(phase or [])}
+    check_output_paths({"--out": out}, inputs, folders=["--out"])
     data = load_echo_input(magnitude, phase, dicom, echoes, phase_units)
     result = separate_echo_data(data, te_s=parse_te_ms(te_ms), field_t=field_t,
                                 precession=precession, field_range_hz=field_range_hz,
                                 mask_fraction=mask_fraction)
-    paths = write_separation(result, data.affine, out)
+    paths = write_separation(result, data.affine, out, protect=[p for p in inputs.values() if p])
     p = result.params
     typer.echo(f"{len(p['echo_times_s'])} echoes, {p['field_t']:g} T, precession "
                f"{p['precession']['used']}: wrote {', '.join(x.name for x in paths)} to {out}")
