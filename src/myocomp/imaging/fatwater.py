@@ -606,7 +606,8 @@ def _choose_precession(tries: dict, margin: float) -> str:
     if min(a, b) > margin * max(a, b):
         raise InputFileError(
             f"cannot tell the direction of precession from the data (relative residual "
-            f"{a:.4g} as stored vs {b:.4g} conjugated); give --precession as_stored or conjugate")
+            f"{a:.4g} as stored vs {b:.4g} conjugated); run myocomp separate with --precession "
+            "as_stored or conjugate")
     return "as_stored" if a < b else "conjugate"
 
 
