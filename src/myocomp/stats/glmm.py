@@ -45,6 +45,7 @@ from myocomp.errors import DataError
 __all__ = [
     "BoundaryFitWarning",
     "ConvergenceWarning",
+    "MixedLogit",
     "MixedLogitResults",
     "fit_mixed_logit",
 ]
@@ -545,6 +546,223 @@ def _glm_start(X: np.ndarray, y: np.ndarray, m: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Optimum:
+    """State of the outer optimisation on the preconditioned scale ``x = (theta, gamma)``,
+    ``beta = beta0 + T gamma``."""
+
+    x: np.ndarray
+    D: float
+    grad: np.ndarray
+    success: bool
+    message: str
+    fun: Any  # x -> (D, gradient): the objective that was minimised
+
+
+class MixedLogit:
+    """The model ``glmer(y ~ X + (1 | group), family = binomial)``, fitted in stages.
+
+    1. *design*: the formula is turned into ``X``, ``y``, trials and group codes once, at
+       construction (:attr:`design`); every :meth:`fit` reuses it.
+    2. *PIRLS*: :class:`_Deviance` finds the conditional modes of the random intercepts for
+       given ``(theta, beta)`` and returns the approximate deviance with its gradient.
+    3. *outer optimisation*: L-BFGS-B over ``(theta, beta)`` on a scale preconditioned by the
+       fixed-effects information (:meth:`optimise`), then Newton steps (:meth:`polish`).
+    4. *Hessian and standard errors*: central differences of the analytic gradient,
+       ``vcov = 2 H^{-1}`` restricted to ``beta`` (:meth:`covariance`).
+
+    :func:`fit_mixed_logit` is ``MixedLogit(formula, data, groups, trials).fit(...)``.
+    """
+
+    def __init__(
+        self, formula: str, data: pd.DataFrame, groups: str, trials: str | None = None
+    ) -> None:
+        self.formula, self.groups, self.trials = formula, groups, trials
+        self.design, _ = _build(formula, data, groups, trials)
+        self.names = list(self.design.design_info.column_names)
+
+    def fit(
+        self,
+        nagq: int = 1,
+        *,
+        start: dict[str, Any] | None = None,
+        maxiter: int = 1000,
+        laplace: str = "lme4",
+    ) -> MixedLogitResults:
+        """Fit by maximum likelihood; arguments as :func:`fit_mixed_logit`."""
+        if not isinstance(nagq, int | np.integer) or nagq < 1 or nagq > 100:
+            raise DataError(f"nagq must be an integer between 1 and 100, got {nagq!r}")
+        if laplace not in ("lme4", "exact"):
+            raise DataError(f"laplace must be 'lme4' or 'exact', got {laplace!r}")
+        dev = _Deviance(self.design, int(nagq))
+        beta0, theta0 = self.start_values(dev, start)
+        T = self.preconditioner(dev, beta0)
+        opt = self.optimise(dev, beta0, T, theta0, maxiter, lme4=nagq == 1 and laplace == "lme4")
+        boundary = bool(opt.x[0] < _BOUNDARY_TOL)
+        free = np.arange(1, len(beta0) + 1) if boundary else np.arange(len(beta0) + 1)
+        opt, H = self.polish(opt, free)
+        return self._results(dev, opt, H, beta0, T, free, int(nagq), boundary)
+
+    # ---- stage 3: outer optimisation ---------------------------------------------------------
+    def start_values(
+        self, dev: _Deviance, start: dict[str, Any] | None
+    ) -> tuple[np.ndarray, float]:
+        """``beta`` of the fixed-effects logistic fit (with ``start`` overrides) and ``theta``."""
+        beta0 = _glm_start(dev.X, dev.y, dev.m)
+        theta0 = 1.0
+        if start:
+            theta0 = float(start.get("theta", theta0))
+            for k, val in (start.get("beta") or {}).items():
+                if k not in self.names:
+                    raise DataError(f"start value for unknown coefficient {k!r}")
+                beta0[self.names.index(k)] = float(val)
+        return beta0, theta0
+
+    @staticmethod
+    def preconditioner(dev: _Deviance, beta0: np.ndarray) -> np.ndarray:
+        """``T`` with ``T' I T = 1`` for the GLM information ``I`` at ``beta0`` (Cholesky)."""
+        p = len(beta0)
+        mu0 = special.expit(dev.X @ beta0)
+        info = dev.X.T @ ((dev.m * mu0 * (1 - mu0))[:, None] * dev.X)
+        try:
+            return np.linalg.inv(np.linalg.cholesky(info + 1e-8 * np.eye(p))).T
+        except np.linalg.LinAlgError:
+            return np.eye(p)
+
+    @staticmethod
+    def optimise(
+        dev: _Deviance, beta0: np.ndarray, T: np.ndarray, theta0: float, maxiter: int, lme4: bool
+    ) -> _Optimum:
+        """Minimise the approximate deviance (lme4's Laplace deviance if ``lme4``)."""
+
+        def scaled(evaluate):
+            def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+                D, grad = evaluate(float(x[0]), beta0 + T @ x[1:])
+                return D, np.r_[grad[0], T.T @ grad[1:]]
+
+            return fun
+
+        fun = scaled(dev)
+        opt = _Optimum(*_minimise(fun, np.r_[theta0, np.zeros(len(beta0))], maxiter), fun)
+        if not lme4:
+            return opt
+        try:
+            lp0 = dev.stage1(float(opt.x[0]), beta0)
+        except np.linalg.LinAlgError:  # e.g. separation: keep the exact Laplace fit
+            lp0 = None
+
+        def lme4_deviance(theta: float, beta: np.ndarray) -> tuple[float, np.ndarray]:
+            out = None if lp0 is None else dev.lme4_laplace(theta, beta, lp0)
+            return dev(theta, beta) if out is None else out
+
+        fun = scaled(lme4_deviance)
+        return _Optimum(*_minimise(fun, opt.x, maxiter), fun)
+
+    @staticmethod
+    def polish(opt: _Optimum, free: np.ndarray) -> tuple[_Optimum, np.ndarray]:
+        """Newton steps on the (well-conditioned) preconditioned scale; returns the optimum
+        and the Hessian there (stage 4)."""
+        fun, x, D, grad = opt.fun, opt.x, opt.D, opt.grad
+        H = _hessian(fun, x)
+        for _ in range(3):
+            try:
+                step = np.linalg.solve(H[np.ix_(free, free)], grad[free])
+            except np.linalg.LinAlgError:
+                break
+            if np.max(np.abs(step)) < 1e-10:
+                break
+            x_new = x.copy()
+            x_new[free] -= step
+            x_new[0] = max(x_new[0], 0.0)
+            D_new, grad_new = fun(x_new)
+            if D_new > D + 1e-9 * (1.0 + abs(D)):
+                break
+            x, D, grad = x_new, D_new, grad_new
+        if np.max(np.abs(grad[free])) > 1e-6 * (1 + abs(D)) ** 0.5:
+            H = _hessian(fun, x)
+        return _Optimum(x, D, grad, opt.success, opt.message, fun), H
+
+    # ---- stage 4: standard errors ------------------------------------------------------------
+    @staticmethod
+    def covariance(H: np.ndarray, T: np.ndarray, free: np.ndarray) -> np.ndarray:
+        """``2 H^{-1}`` on the free ``(theta, gamma)`` coordinates, mapped back to ``beta``:
+        the (p, p) covariance of the fixed effects (NaN, with a warning, if ``H`` is not
+        positive definite)."""
+        p = T.shape[0]
+        jac = np.eye(p + 1)
+        jac[1:, 1:] = T
+        vcov_full = np.full((p + 1, p + 1), np.nan)
+        try:
+            Hf = H[np.ix_(free, free)]
+            Hf = (Hf + Hf.T) / 2.0
+            if not np.all(np.linalg.eigvalsh(Hf) > 0):
+                raise np.linalg.LinAlgError
+            Jf = jac[np.ix_(free, free)]
+            vcov_full[np.ix_(free, free)] = Jf @ (2.0 * np.linalg.inv(Hf)) @ Jf.T
+        except np.linalg.LinAlgError:
+            warnings.warn(
+                "the Hessian of the deviance is not positive definite: standard errors are "
+                "unreliable",
+                ConvergenceWarning,
+                stacklevel=4,
+            )
+        return vcov_full[1:, 1:]
+
+    def _results(
+        self,
+        dev: _Deviance,
+        opt: _Optimum,
+        H: np.ndarray,
+        beta0: np.ndarray,
+        T: np.ndarray,
+        free: np.ndarray,
+        nagq: int,
+        boundary: bool,
+    ) -> MixedLogitResults:
+        theta, beta = abs(float(opt.x[0])), beta0 + T @ opt.x[1:]
+        vcov = self.covariance(H, T, free)
+        gnorm = float(np.max(np.abs(opt.grad[free])))
+        converged = bool((opt.success or gnorm < 1e-4) and gnorm < 1e-3)
+        if not converged:
+            warnings.warn(
+                f"mixed logit did not converge (max |gradient| {gnorm:.2g}, {opt.message})",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        if boundary:
+            warnings.warn(
+                f"boundary (singular) fit: the SD of the random intercepts of {self.groups!r} is "
+                f"estimated at {theta:.2g}; the model reduces to a fixed-effects logistic "
+                "regression",
+                BoundaryFitWarning,
+                stacklevel=3,
+            )
+        u = dev.modes(dev.X @ beta, theta)  # conditional modes at the optimum; b = theta * u
+        names = self.names
+        return MixedLogitResults(
+            formula=self.formula,
+            groups=self.groups,
+            trials=self.trials,
+            nagq=nagq,
+            params=pd.Series(beta, index=names, name="estimate"),
+            vcov=pd.DataFrame(vcov, index=names, columns=names),
+            group_sd=theta,
+            loglik=float(dev.log_binom - 0.5 * opt.D),
+            deviance=float(opt.D + dev.sat_const),
+            converged=converged,
+            nfev=int(dev.nfev),
+            nobs=int(len(dev.y)),
+            ngroups=int(dev.J),
+            n_dropped=self.design.n_dropped,
+            random_effects=pd.Series(
+                theta * u, index=pd.Index(self.design.levels, name=self.groups),
+                name="random_effect",
+            ),
+            design_info=self.design.design_info,
+            singular=boundary,
+        )
+
+
 def fit_mixed_logit(
     formula: str,
     data: pd.DataFrame,
@@ -588,143 +806,14 @@ def fit_mixed_logit(
     -------
     MixedLogitResults
         Estimates on the log-odds scale; ``group_sd`` is the SD of the random intercepts.
+        The same as ``MixedLogit(formula, data, groups, trials).fit(nagq, ...)``.
     """
     if not isinstance(nagq, int | np.integer) or nagq < 1 or nagq > 100:
         raise DataError(f"nagq must be an integer between 1 and 100, got {nagq!r}")
     if laplace not in ("lme4", "exact"):
         raise DataError(f"laplace must be 'lme4' or 'exact', got {laplace!r}")
-    design, _ = _build(formula, data, groups, trials)
-    names = list(design.design_info.column_names)
-    dev = _Deviance(design, int(nagq))
-    p = len(names)
-
-    beta0 = _glm_start(dev.X, dev.y, dev.m)
-    theta0 = 1.0
-    if start:
-        theta0 = float(start.get("theta", theta0))
-        for k, val in (start.get("beta") or {}).items():
-            if k not in names:
-                raise DataError(f"start value for unknown coefficient {k!r}")
-            beta0[names.index(k)] = float(val)
-
-    # Precondition beta by the Cholesky factor of the GLM information: b = b0 + T gamma.
-    mu0 = special.expit(dev.X @ beta0)
-    info = dev.X.T @ ((dev.m * mu0 * (1 - mu0))[:, None] * dev.X)
-    try:
-        T = np.linalg.inv(np.linalg.cholesky(info + 1e-8 * np.eye(p))).T
-    except np.linalg.LinAlgError:
-        T = np.eye(p)
-
-    def unpack(x: np.ndarray) -> tuple[float, np.ndarray]:
-        return float(x[0]), beta0 + T @ x[1:]
-
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        theta, beta = unpack(x)
-        D, grad = dev(theta, beta)
-        return D, np.r_[grad[0], T.T @ grad[1:]]
-
-    x0 = np.r_[theta0, np.zeros(p)]
-    x, D, grad, success, message = _minimise(fun, x0, maxiter)
-    if nagq == 1 and laplace == "lme4":
-        try:
-            lp0 = dev.stage1(float(x[0]), beta0)
-        except np.linalg.LinAlgError:  # e.g. separation: keep the exact Laplace fit
-            lp0 = None
-
-        def fun_lme4(x: np.ndarray) -> tuple[float, np.ndarray]:
-            theta, beta = unpack(x)
-            out = None if lp0 is None else dev.lme4_laplace(theta, beta, lp0)
-            D, grad = dev(theta, beta) if out is None else out
-            return D, np.r_[grad[0], T.T @ grad[1:]]
-
-        fun = fun_lme4
-        x, D, grad, success, message = _minimise(fun, x, maxiter)
-    boundary = x[0] < _BOUNDARY_TOL
-
-    H = _hessian(fun, x)
-    # Newton polish on the (well-conditioned) preconditioned scale
-    free = np.arange(1, p + 1) if boundary else np.arange(p + 1)
-    for _ in range(3):
-        Hf = H[np.ix_(free, free)]
-        try:
-            step = np.linalg.solve(Hf, grad[free])
-        except np.linalg.LinAlgError:
-            break
-        if np.max(np.abs(step)) < 1e-10:
-            break
-        x_new = x.copy()
-        x_new[free] -= step
-        x_new[0] = max(x_new[0], 0.0)
-        D_new, grad_new = fun(x_new)
-        if D_new > D + 1e-9 * (1.0 + abs(D)):
-            break
-        x, D, grad = x_new, D_new, grad_new
-    if np.max(np.abs(grad[free])) > 1e-6 * (1 + abs(D)) ** 0.5:
-        H = _hessian(fun, x)
-
-    theta, beta = unpack(x)
-    if theta < 0:  # pragma: no cover - bounds keep theta >= 0
-        theta = -theta
-    # Covariance: 2 H^{-1} on the (theta, gamma) scale, mapped back to beta.
-    jac = np.eye(p + 1)
-    jac[1:, 1:] = T
-    vcov_full = np.full((p + 1, p + 1), np.nan)
-    try:
-        Hf = H[np.ix_(free, free)]
-        Hf = (Hf + Hf.T) / 2.0
-        if not np.all(np.linalg.eigvalsh(Hf) > 0):
-            raise np.linalg.LinAlgError
-        vf = 2.0 * np.linalg.inv(Hf)
-        Jf = jac[np.ix_(free, free)]
-        vcov_full[np.ix_(free, free)] = Jf @ vf @ Jf.T
-    except np.linalg.LinAlgError:
-        warnings.warn(
-            "the Hessian of the deviance is not positive definite: standard errors are unreliable",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    vcov = vcov_full[1:, 1:]
-    gnorm = float(np.max(np.abs(grad[free])))
-    converged = bool((success or gnorm < 1e-4) and gnorm < 1e-3)
-    if not converged:
-        warnings.warn(
-            f"mixed logit did not converge (max |gradient| {gnorm:.2g}, {message})",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    if boundary:
-        warnings.warn(
-            f"boundary (singular) fit: the SD of the random intercepts of {groups!r} is "
-            f"estimated at {theta:.2g}; the model reduces to a fixed-effects logistic regression",
-            BoundaryFitWarning,
-            stacklevel=2,
-        )
-    # conditional modes at the optimum (u) and random effects b = theta * u
-    eta0 = dev.X @ beta
-    u = dev.modes(eta0, theta)
-    deviance = D + dev.sat_const
-    loglik = dev.log_binom - 0.5 * D
-    return MixedLogitResults(
-        formula=formula,
-        groups=groups,
-        trials=trials,
-        nagq=int(nagq),
-        params=pd.Series(beta, index=names, name="estimate"),
-        vcov=pd.DataFrame(vcov, index=names, columns=names),
-        group_sd=float(theta),
-        loglik=float(loglik),
-        deviance=float(deviance),
-        converged=converged,
-        nfev=int(dev.nfev),
-        nobs=int(len(dev.y)),
-        ngroups=int(dev.J),
-        n_dropped=design.n_dropped,
-        random_effects=pd.Series(
-            theta * u, index=pd.Index(design.levels, name=groups), name="random_effect"
-        ),
-        design_info=design.design_info,
-        singular=bool(boundary),
-    )
+    model = MixedLogit(formula, data, groups, trials)
+    return model.fit(nagq, start=start, maxiter=maxiter, laplace=laplace)
 
 
 def _minimise(fun, x0: np.ndarray, maxiter: int) -> tuple[np.ndarray, float, np.ndarray, bool, str]:
