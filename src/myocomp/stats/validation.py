@@ -15,7 +15,6 @@ length; larger scores mean the outcome is more likely.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ import pandas as pd
 from scipy import stats
 
 from myocomp.errors import ConfigError, DataError
-from myocomp.io import save_figure
 
 __all__ = [
     "AUCResult",
@@ -39,8 +37,6 @@ __all__ = [
     "calibration_slope_intercept",
     "delong_auc",
     "delong_test",
-    "plot_calibration",
-    "plot_roc",
     "roc_curve",
     "validate_logistic",
     "logistic_newton",
@@ -601,105 +597,3 @@ def validate_logistic(
         return prob(beta, x[idx]), prob(beta, x)
 
     return _run_bootstrap(y, prob(beta0, x), fit_eval, B, seed, progress)
-
-
-# figures -----------------------------------------------------------------------------------
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_calibration(
-    curve: pd.DataFrame,
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-    fit: CalibrationFit | None = None,
-    dpi: int = 150,
-) -> None:
-    """Calibration plot of a :func:`calibration_curve` table (observed with Wilson intervals
-    against mean predicted, and the identity line); written atomically (format from suffix)."""
-    missing = {"mean_predicted", "observed", "lower", "upper"} - set(curve.columns)
-    if missing:
-        raise DataError(f"calibration curve table lacks columns {sorted(missing)}")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 5.0))
-    try:
-        top = float(np.nanmax(curve[["mean_predicted", "upper"]].to_numpy()))
-        lim = min(1.0, max(0.05, top * 1.08))
-        ax.plot([0, lim], [0, lim], ls="--", color="grey", lw=1, label="ideal")
-        ax.errorbar(
-            curve["mean_predicted"],
-            curve["observed"],
-            yerr=[curve["observed"] - curve["lower"], curve["upper"] - curve["observed"]],
-            fmt="o-",
-            color="tab:blue",
-            ms=4,
-            capsize=2,
-            lw=1.2,
-            label="observed (95% Wilson CI)",
-        )
-        if fit is not None:
-            ax.text(
-                0.04,
-                0.96,
-                f"slope {fit.slope:.2f}\nintercept {fit.intercept:.2f}",
-                transform=ax.transAxes,
-                va="top",
-                fontsize=9,
-            )
-        ax.set_xlim(0, lim)
-        ax.set_ylim(0, lim)
-        ax.set_aspect("equal")
-        ax.set_xlabel("Predicted probability")
-        ax.set_ylabel("Observed proportion")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
-
-
-def plot_roc(
-    y: Any,
-    p: Any,
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-    dpi: int = 150,
-) -> AUCResult:
-    """ROC curve of ``p`` with the AUC and its DeLong CI in the legend; returns the AUC."""
-    curve = roc_curve(y, p)
-    res = delong_auc(y, p)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 5.0))
-    try:
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-        ax.plot(
-            curve["fpr"],
-            curve["tpr"],
-            color="tab:blue",
-            lw=1.5,
-            label=f"AUC {res.auc:.3f} (95% CI {res.lower:.3f}-{res.upper:.3f})",
-        )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.005)
-        ax.set_aspect("equal")
-        ax.set_xlabel("1 - specificity (false-positive rate)")
-        ax.set_ylabel("Sensitivity (true-positive rate)")
-        ax.legend(loc="lower right", fontsize=9, frameon=False)
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
-    return res

@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from myocomp.errors import DataError
+from myocomp.stats.validation import CalibrationFit, delong_auc, roc_curve
+
 __all__ = [
+    "plot_calibration",
+    "plot_roc",
     "plot_pa",
     "plot_forest",
     "plot_strata",
@@ -206,3 +211,94 @@ def plot_interaction(predicted: pd.DataFrame, observed: pd.DataFrame,
         ax.spines["right"].set_visible(True)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_calibration(
+    curve: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    fit: CalibrationFit | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Calibration plot of a :func:`myocomp.stats.validation.calibration_curve` table
+    (observed with Wilson intervals against mean predicted, and the identity line); written
+    atomically (format from the suffix). Returns the path."""
+    missing = {"mean_predicted", "observed", "lower", "upper"} - set(curve.columns)
+    if missing:
+        raise DataError(f"calibration curve table lacks columns {sorted(missing)}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    try:
+        top = float(np.nanmax(curve[["mean_predicted", "upper"]].to_numpy()))
+        lim = min(1.0, max(0.05, top * 1.08))
+        ax.plot([0, lim], [0, lim], ls="--", color="grey", lw=1, label="ideal")
+        ax.errorbar(
+            curve["mean_predicted"],
+            curve["observed"],
+            yerr=[curve["observed"] - curve["lower"], curve["upper"] - curve["observed"]],
+            fmt="o-",
+            color="tab:blue",
+            ms=4,
+            capsize=2,
+            lw=1.2,
+            label="observed (95% Wilson CI)",
+        )
+        if fit is not None:
+            ax.text(
+                0.04,
+                0.96,
+                f"slope {fit.slope:.2f}\nintercept {fit.intercept:.2f}",
+                transform=ax.transAxes,
+                va="top",
+                fontsize=9,
+            )
+        ax.set_xlim(0, lim)
+        ax.set_ylim(0, lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Predicted probability")
+        ax.set_ylabel("Observed proportion")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        return save_figure(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_roc(
+    y: Any,
+    p: Any,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """ROC curve of the probabilities ``p`` of the 0/1 outcome ``y`` with the AUC and its
+    DeLong CI in the legend; written atomically. Returns the path."""
+    curve = roc_curve(y, p)
+    res = delong_auc(y, p)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    try:
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            color="tab:blue",
+            lw=1.5,
+            label=f"AUC {res.auc:.3f} (95% CI {res.lower:.3f}-{res.upper:.3f})",
+        )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.005)
+        ax.set_aspect("equal")
+        ax.set_xlabel("1 - specificity (false-positive rate)")
+        ax.set_ylabel("Sensitivity (true-positive rate)")
+        ax.legend(loc="lower right", fontsize=9, frameon=False)
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        return save_figure(fig, path, dpi)
+    finally:
+        plt.close(fig)

@@ -15,6 +15,7 @@ import pandas as pd
 from myocomp.errors import ConfigError, DataError, InputFileError
 from myocomp.study.analyses import LABELS, PA_TERM, pa_category
 from myocomp.study.phenotypes import RANGES, SEX_CODES
+from myocomp.study.result import MODEL_FORMAT, MODEL_VERSION
 
 __all__ = ["INPUT_RANGES", "PredictionResult", "linear_predictor_ci", "load_model",
            "predict_person"]
@@ -68,8 +69,6 @@ class PredictionResult:
 
 def load_model(path: str | Path) -> dict[str, Any]:
     """Read and check a ``model.json`` written by :func:`myocomp.study.run.run_study`."""
-    from myocomp.study.run import MODEL_FORMAT, MODEL_VERSION
-
     path = Path(path)
     if not path.is_file():
         raise InputFileError("model file not found", source=path)

@@ -8,16 +8,14 @@ import platform
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from myocomp.io import write_text
 from myocomp.study.analyses import LABELS
-
-if TYPE_CHECKING:
-    from myocomp.study.run import StudyResult
+from myocomp.study.result import StudyResult
 
 __all__ = ["write_report", "render_report", "SECTIONS", "METRIC_DEFINITIONS", "software_versions"]
 

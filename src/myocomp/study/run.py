@@ -1,55 +1,54 @@
-"""Run the whole CBP study: phenotypes + metrics -> tables, figures, model.json, report.html."""
+"""Run the whole CBP study: phenotypes + metrics -> tables, figures, model.json, report.html.
+
+Three stages, each a function: :func:`compute_tables` (the analyses; numbers only),
+:func:`build_model` (the contents of ``model.json``) and :func:`write_outputs` (tables, figures,
+model, report). :func:`run_study` chains them.
+
+The nomogram's bootstrap does not depend on the mixed models, so on a machine with two or more
+cores it runs in a second process while the mixed models are fitted; BLAS runs single-threaded
+in both (the matrices are 27,518 × 12: threads cost more than they give). The results do not
+depend on this: the same numbers are computed either way.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
+from myocomp import __version__
 from myocomp.errors import ConfigError
 from myocomp.io import write_json, write_table
 from myocomp.study import analyses as an
-from myocomp.study import calculator as calc
-from myocomp.study import checks
 from myocomp.study import figures as fg
 from myocomp.study.phenotypes import (
-    JoinReport,
     StudyConfig,
     join_metrics,
     load_config,
     read_table,
     validate_phenotypes,
 )
+from myocomp.study.report import write_report
+from myocomp.study.result import MODEL_FORMAT, MODEL_VERSION, StudyResult
 
-__all__ = ["StudyResult", "run_study", "MODEL_FORMAT", "MODEL_VERSION"]
-
-MODEL_FORMAT = "myocomp.study.model"
-MODEL_VERSION = 1
-
-
-@dataclass
-class StudyResult:
-    """Everything :func:`run_study` produced.
-
-    ``tables``: name -> DataFrame (also written to ``out_dir/tables/<name>.csv``);
-    ``figures``: name -> path of the PNG (and ``nomogram_svg``); ``model``: the contents of
-    ``model.json``; ``timings``: seconds per step.
-    """
-
-    out_dir: Path
-    config: StudyConfig
-    join: JoinReport
-    tables: dict[str, pd.DataFrame]
-    figures: dict[str, Path]
-    model: dict[str, Any]
-    report_path: Path
-    model_path: Path
-    timings: dict[str, float] = field(default_factory=dict)
-    n_analysed: int = 0
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_VERSION",
+    "StudyResult",
+    "StudyTables",
+    "build_model",
+    "compute_tables",
+    "run_study",
+    "write_outputs",
+]
 
 
 def _as_config(config: StudyConfig | str | Path | Mapping[str, Any] | None) -> StudyConfig:
@@ -80,6 +79,165 @@ def _models_table(fits: list[an.ModelFit]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@dataclass
+class StudyTables:
+    """The numbers of a study run: ``tables`` (name -> DataFrame) and the fits behind them."""
+
+    tables: dict[str, pd.DataFrame]
+    fits: dict[str, an.ModelFit]
+    nomogram: an.NomogramAnalysis
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings, self.last = timings, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self.last
+        self.last = now
+
+
+def _background(fn: Callable[..., Any], *args: Any) -> tuple[Future, ProcessPoolExecutor | None]:
+    """Run ``fn(*args)`` in a forked process when there is a second core, else now."""
+    if (os.cpu_count() or 1) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        return pool.submit(fn, *args), pool
+    fut: Future = Future()
+    fut.set_result(fn(*args))
+    return fut, None
+
+
+def _nomogram_tables(nomo: an.NomogramAnalysis) -> dict[str, pd.DataFrame]:
+    return {
+        "nomogram_points": nomo.nomogram.points_table(),
+        "nomogram_total_points": nomo.nomogram.total_points_table(),
+        "validation": nomo.validation_table(),
+        "bootstrap_validation": nomo.bootstrap.reset_index(),
+        "calibration_curve": nomo.calibration_curve,
+        "nomogram_model": pd.DataFrame({
+            "term": nomo.result.params.index, "estimate": nomo.result.params.to_numpy(),
+            "se": nomo.result.bse.to_numpy(), "p": nomo.result.pvalues.to_numpy(),
+        }),
+    }
+
+
+def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
+                   progress: Callable[[str], None] | None = None) -> StudyTables:
+    """Every analysis of the study on the prepared table ``d``
+    (:func:`myocomp.study.analyses.prepare_analysis_data`): tables of numbers, no files."""
+    say = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    step = _Clock(timings)
+    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}), in the background")
+    nomo_future, pool = _background(an.nomogram_analysis, d, cfg.bootstrap, cfg.seed)
+    try:
+        tables: dict[str, pd.DataFrame] = {}
+        say("Table 1 and physical activity")
+        tables["table1"] = an.table1(d)
+        tables["pa_prevalence"] = an.pa_prevalence(d)
+        tables["met_spline"] = an.met_spline(d)
+        step("descriptive")
+        say("mixed logistic models (main, unadjusted, single marker)")
+        tables["main_models"], fits = an.main_models(d, nagq=cfg.nagq)
+        step("main_models")
+        say("models within strata (OA, OP, sex, PA)")
+        tables["strata_models"] = an.strata_models(d, nagq=cfg.nagq)
+        step("strata")
+        say("symptom burden (mixed logistic, ordinal sensitivity)")
+        tables["symptom_burden"], fits["symptom_burden"] = an.symptom_burden(
+            d, cfg.symptom_threshold, cfg.nagq)
+        tables["symptom_ordinal"] = an.ordinal_sensitivity(d)
+        step("symptom_burden")
+        say("InterMAT × LMM interaction")
+        (tables["interaction_model"], tables["interaction_predicted"],
+         tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
+            d, nagq=cfg.nagq)
+        step("interaction")
+        nomo = nomo_future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    tables.update(_nomogram_tables(nomo))
+    step("nomogram (waiting for the bootstrap)")
+    tables["models"] = _models_table(list(fits.values()))
+    return StudyTables(tables=tables, fits=fits, nomogram=nomo, timings=timings)
+
+
+def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyTables
+                ) -> dict[str, Any]:
+    """The contents of ``model.json``: Z reference, main model, nomogram model and nomogram."""
+    adjusted = computed.fits["adjusted"].results
+    nomo = computed.nomogram
+    return {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "myocomp_version": __version__,
+        "outcome": "cbp",
+        "config": cfg.to_dict(),
+        "intermat_metric": cfg.intermat_metric,
+        "lmm_definition": "lean_volume_ml / bmi (mL·m²/kg)",
+        "pa_breaks_met_min_week": list(cfg.pa_breaks),
+        "zscores": zmodel.to_dict(),
+        "main_model": None if adjusted is None else adjusted.to_dict(),
+        "nomogram_model": {
+            "formula": nomo.formula, "n": nomo.n, "n_dropped": nomo.n_dropped,
+            "params": {k: float(v) for k, v in nomo.result.params.items()},
+            "bse": {k: float(v) for k, v in nomo.result.bse.items()},
+            "auc": nomo.auc.auc,
+        },
+        "nomogram": nomo.nomogram.to_dict(),
+        "reference_covariates": an.reference_covariates(d),
+    }
+
+
+def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path
+                  ) -> dict[str, Path]:
+    """Draw every figure of the study into ``fdir``; returns name -> path."""
+    tables, nomo = computed.tables, computed.nomogram
+    figs: dict[str, Path] = {}
+    figs["pa"] = fg.plot_pa(tables["pa_prevalence"], tables["met_spline"], fdir / "pa.png",
+                            cfg.pa_breaks)
+    figs["forest_main"] = fg.plot_forest(
+        tables["main_models"], fdir / "forest_main.png", row_label="description",
+        title="Association of back-muscle composition with CBP (mixed logistic models)")
+    figs["forest_strata"] = fg.plot_strata(tables["strata_models"], fdir / "forest_strata.png")
+    sym = pd.concat([
+        tables["symptom_burden"].assign(
+            row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
+        tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
+    ], ignore_index=True)
+    figs["forest_symptoms"] = fg.plot_forest(
+        sym, fdir / "forest_symptoms.png", row_label="row",
+        title="Symptom burden among participants with CBP")
+    figs["interaction"] = fg.plot_interaction(
+        tables["interaction_predicted"], tables["interaction_observed"],
+        fdir / "interaction.png", an.reference_covariates(d))
+    nomo.nomogram.plot(fdir / "nomogram.png", fdir / "nomogram.svg",
+                       outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
+    figs["nomogram"] = fdir / "nomogram.png"
+    figs["nomogram_svg"] = fdir / "nomogram.svg"
+    figs["calibration"] = fg.plot_calibration(
+        nomo.calibration_curve, fdir / "calibration.png",
+        title="Calibration of the nomogram model", fit=nomo.calibration)
+    figs["roc"] = fg.plot_roc(nomo.y, nomo.probability, fdir / "roc.png",
+                              title="ROC of the nomogram model")
+    return figs
+
+
+def write_outputs(result: StudyResult, computed: StudyTables, d: pd.DataFrame) -> StudyResult:
+    """Write ``tables/*.csv``, ``figures/*``, ``model.json`` and ``report.html`` of ``result``
+    (atomically; rerunning overwrites them). Fills ``result.figures``."""
+    out = result.out_dir
+    for name, table in result.tables.items():
+        write_table(table, out / "tables" / f"{name}.csv")
+    result.figures.update(write_figures(computed, result.config, d, out / "figures"))
+    write_json(result.model, result.model_path)
+    write_report(result, d)
+    return result
+
+
 def run_study(
     data: pd.DataFrame | str | Path,
     metrics: pd.DataFrame | str | Path | None = None,
@@ -102,136 +260,27 @@ def run_study(
     -------
     StudyResult. Files are written atomically; rerunning overwrites them.
     """
-    from myocomp.study.report import write_report
-
     say = progress or (lambda _msg: None)
     cfg = _as_config(config)
     out = Path(out_dir)
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def step(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
-
+    step = _Clock(timings)
     say("reading and validating phenotypes")
     pheno = validate_phenotypes(_as_table(data), cfg)
-    metric_table = None if metrics is None else checks.validate_metrics(_as_table(metrics))
-    metric_table = checks.exclude_flagged(metric_table, cfg.include_flagged, say, cfg.group)
-    pheno = checks.exclude_flagged(pheno, cfg.include_flagged, say) if metrics is None else pheno
+    metric_table = None if metrics is None else _as_table(metrics)
     joined, join = join_metrics(pheno, metric_table, group=cfg.group)
     d, zmodel = an.prepare_analysis_data(joined, cfg)
-    checks.check_estimable(d)
     step("input")
-
-    tables: dict[str, pd.DataFrame] = {}
-    say("Table 1 and physical activity")
-    tables["table1"] = an.table1(d)
-    tables["pa_prevalence"] = an.pa_prevalence(d)
-    tables["met_spline"] = an.met_spline(d)
-    step("descriptive")
-
-    say("mixed logistic models (main, unadjusted, single marker)")
-    tables["main_models"], fits = an.main_models(d, nagq=cfg.nagq)
-    step("main_models")
-    say("models within strata (OA, OP, sex, PA)")
-    tables["strata_models"] = an.strata_models(d, nagq=cfg.nagq)
-    step("strata")
-    say("symptom burden (mixed logistic, ordinal sensitivity)")
-    tables["symptom_burden"], sb_fit = an.symptom_burden(d, cfg.symptom_threshold, cfg.nagq)
-    tables["symptom_ordinal"] = an.ordinal_sensitivity(d)
-    step("symptom_burden")
-    say("InterMAT × LMM interaction")
-    (tables["interaction_model"], tables["interaction_predicted"],
-     tables["interaction_observed"], int_fit) = an.interaction_analysis(d, nagq=cfg.nagq)
-    step("interaction")
-    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap})")
-    nomo = an.nomogram_analysis(d, B=cfg.bootstrap, seed=cfg.seed)
-    tables["nomogram_points"] = nomo.nomogram.points_table()
-    tables["nomogram_total_points"] = nomo.nomogram.total_points_table()
-    tables["validation"] = nomo.validation_table()
-    tables["bootstrap_validation"] = nomo.bootstrap.reset_index()
-    tables["calibration_curve"] = nomo.calibration_curve
-    nomo_coef = pd.DataFrame({
-        "term": nomo.result.params.index, "estimate": nomo.result.params.to_numpy(),
-        "se": nomo.result.bse.to_numpy(), "p": nomo.result.pvalues.to_numpy(),
-    })
-    tables["nomogram_model"] = nomo_coef
-    step("nomogram")
-    tables["models"] = _models_table([*fits.values(), sb_fit, int_fit])
-
-    say("writing tables and figures")
-    for name, table in tables.items():
-        write_table(table, out / "tables" / f"{name}.csv")
-    figs: dict[str, Path] = {}
-    fdir = out / "figures"
-    figs["pa"] = fg.plot_pa(tables["pa_prevalence"], tables["met_spline"], fdir / "pa.png",
-                            cfg.pa_breaks)
-    main = tables["main_models"]
-    figs["forest_main"] = fg.plot_forest(
-        main, fdir / "forest_main.png", row_label="description",
-        title="Association of back-muscle composition with CBP (mixed logistic models)")
-    figs["forest_strata"] = fg.plot_strata(tables["strata_models"], fdir / "forest_strata.png")
-    sym = pd.concat([
-        tables["symptom_burden"].assign(
-            row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
-        tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
-    ], ignore_index=True)
-    figs["forest_symptoms"] = fg.plot_forest(
-        sym, fdir / "forest_symptoms.png", row_label="row",
-        title="Symptom burden among participants with CBP")
-    figs["interaction"] = fg.plot_interaction(
-        tables["interaction_predicted"], tables["interaction_observed"],
-        fdir / "interaction.png", an.reference_covariates(d))
-    from myocomp.stats.validation import plot_calibration, plot_roc
-    from myocomp.study.nomogram_figure import plot_nomogram
-
-    plot_nomogram(nomo.nomogram, fdir / "nomogram.png", fdir / "nomogram.svg",
-                  outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
-    figs["nomogram"] = fdir / "nomogram.png"
-    figs["nomogram_svg"] = fdir / "nomogram.svg"
-    plot_calibration(nomo.calibration_curve, fdir / "calibration.png",
-                     title="Calibration of the nomogram model", fit=nomo.calibration)
-    figs["calibration"] = fdir / "calibration.png"
-    plot_roc(nomo.y, nomo.probability, fdir / "roc.png", title="ROC of the nomogram model")
-    figs["roc"] = fdir / "roc.png"
-    step("figures")
-
-    from myocomp import __version__
-
-    adjusted = fits["adjusted"].results
-    model = {
-        "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
-        "myocomp_version": __version__,
-        "outcome": "cbp",
-        "config": cfg.to_dict(),
-        "intermat_metric": cfg.intermat_metric,
-        "lmm_definition": "lean_volume_ml / bmi (mL·m²/kg)",
-        "pa_breaks_met_min_week": list(cfg.pa_breaks),
-        "zscores": zmodel.to_dict(),
-        "main_model": None if adjusted is None else adjusted.to_dict(),
-        "nomogram_model": {
-            "formula": nomo.formula, "n": nomo.n, "n_dropped": nomo.n_dropped,
-            "params": {k: float(v) for k, v in nomo.result.params.items()},
-            "bse": {k: float(v) for k, v in nomo.result.bse.items()},
-            "cov_params": calc.covariance_dict(nomo.result),
-            "auc": nomo.auc.auc,
-        },
-        "nomogram": nomo.nomogram.to_dict(),
-        "reference_covariates": an.reference_covariates(d),
-        "interaction_heatmap": calc.heatmap_dict(tables["interaction_predicted"]),
-        "created_utc": calc.utc_now(),
-    }
-    model_path = write_json(model, out / "model.json")
-    calc.write_calculator(model_path, out / "calculator.html")
-    n_analysed = int(fits["adjusted"].n)
-    result = StudyResult(out_dir=out, config=cfg, join=join, tables=tables, figures=figs,
-                         model=model, report_path=out / "report.html", model_path=model_path,
-                         timings=timings, n_analysed=n_analysed)
-    say("writing report.html")
-    write_report(result, d)
-    step("report")
+    with threadpool_limits(limits=1, user_api="blas"):
+        computed = compute_tables(d, cfg, say)
+    timings.update(computed.timings)
+    step.last = time.perf_counter()
+    model = build_model(cfg, d, zmodel, computed)
+    result = StudyResult(out_dir=out, config=cfg, join=join, tables=computed.tables,
+                         figures={}, model=model, report_path=out / "report.html",
+                         model_path=out / "model.json", timings=timings,
+                         n_analysed=int(computed.fits["adjusted"].n))
+    say("writing tables, figures, model.json and report.html")
+    write_outputs(result, computed, d)
+    step("outputs")
     return result
