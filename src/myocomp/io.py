@@ -151,16 +151,25 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, TSV or Parquet table; raise :class:`InputFileError` naming the file on failure."""
+def read_table(path: str | Path, *, text: bool = False) -> pd.DataFrame:
+    """Read a CSV, TSV or Parquet table; raise :class:`InputFileError` naming the file on failure.
+
+    ``text=True`` (phenotype tables): the cells of a CSV/TSV are read as strings, the separator
+    of a .csv/.txt is sniffed (comma, semicolon, tab) and blanks after it skipped, so that the
+    validation can read decimal commas and name each bad cell.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputFileError("file not found", source=path)
     suffix = path.suffix.lower()
+    tab = suffix in (".tsv", ".tab")
     try:
         if suffix == ".parquet":
             return pd.read_parquet(path)
-        if suffix in (".tsv", ".tab"):
+        if text and (tab or suffix in (".csv", ".txt")):
+            return pd.read_csv(path, sep="\t" if tab else None, engine="python", dtype=str,
+                               keep_default_na=True, skipinitialspace=True)
+        if tab:
             return pd.read_csv(path, sep="\t")
         if suffix == ".csv":
             return pd.read_csv(path)

@@ -18,8 +18,6 @@ from myocomp.stats.validation import (
     calibration_slope_intercept,
     delong_auc,
     delong_test,
-    plot_calibration,
-    plot_roc,
     roc_curve,
     validate_logistic,
 )
@@ -272,18 +270,3 @@ def test_bootstrap_errors():
 def test_input_errors(y, s, match):
     with pytest.raises(DataError, match=match):
         delong_auc(y, s)
-
-
-def test_plots(tmp_path):
-    rng = np.random.default_rng(9)
-    p = rng.beta(2, 5, 400)
-    y = rng.binomial(1, p)
-    curve = calibration_curve(y, p)
-    plot_calibration(curve, tmp_path / "cal.png", fit=calibration_slope_intercept(y, p))
-    res = plot_roc(y, p, tmp_path / "roc.png", title="ROC")
-    assert res.auc == pytest.approx(roc_auc_score(y, p))
-    for name in ("cal.png", "roc.png"):
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.png", "roc.png"]
-    with pytest.raises(DataError, match="lacks columns"):
-        plot_calibration(curve.drop(columns="upper"), tmp_path / "x.png")

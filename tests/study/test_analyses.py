@@ -10,6 +10,7 @@ from scipy import special
 
 from myocomp.study import analyses as an
 from myocomp.study.phenotypes import StudyConfig, join_metrics, validate_phenotypes
+from myocomp.study.report import table1_display
 from myocomp.synth.cohort import simulate_cohort
 
 
@@ -36,15 +37,20 @@ def test_prepared_columns(data):
 def test_table1_and_pa_counts(data):
     d = data
     t1 = an.table1(d)
+    shown = table1_display(t1).set_index("variable")
     row = t1[(t1["variable"] == "osteoarthritis")].iloc[0]
     k = int(((d["osteoarthritis"] == 1) & (d["cbp"] == 1)).sum())
-    assert row["cbp"] == f"{k:,} ({100 * k / int(d['cbp'].sum()):.1f} %)"
+    assert row["cbp"] == k and row["cbp_percent"] == pytest.approx(100 * k / d["cbp"].sum())
+    assert shown.loc["osteoarthritis", "cbp"] == f"{k:,} ({100 * k / int(d['cbp'].sum()):.1f} %)"
     age = t1[t1["variable"] == "age"].iloc[0]
     q1, q2, q3 = d.loc[d["cbp"] == 1, "age"].quantile([0.25, 0.5, 0.75])
-    assert age["cbp"] == f"{q2:.0f} [{q1:.0f}–{q3:.0f}]"  # integer ages: no decimals
+    assert (age["cbp_q1"], age["cbp"], age["cbp_q3"]) == pytest.approx((q1, q2, q3))
+    assert shown.loc["age", "cbp"] == f"{q2:.0f} [{q1:.0f}–{q3:.0f}]"  # integer ages
     bmi = t1[t1["variable"] == "bmi"].iloc[0]
     q1, q2, q3 = d["bmi"].quantile([0.25, 0.5, 0.75])
-    assert bmi["overall"] == f"{q2:.1f} [{q1:.1f}–{q3:.1f}]"
+    assert (bmi["overall_q1"], bmi["overall"], bmi["overall_q3"]) == pytest.approx((q1, q2, q3))
+    assert shown.loc["bmi", "overall"] == f"{q2:.1f} [{q1:.1f}–{q3:.1f}]"
+    assert shown.loc["n", "overall"] == f"{len(d):,}" and t1.iloc[0]["overall"] == len(d)
     assert age["p"] < 1e-6  # CBP is older in the generator
     pa = an.pa_prevalence(d).set_index("pa_category")
     expected = d.groupby("pa_category")["cbp"].agg(["size", "mean"])
@@ -56,20 +62,34 @@ def test_table1_and_pa_counts(data):
 
 def test_met_spline_band(data):
     s = an.met_spline(data)
-    assert (s["lower"] <= s["probability"]).all() and (s["probability"] <= s["upper"]).all()
-    assert s["met_min_week"].is_monotonic_increasing
-    assert 0.05 < s["probability"].mean() < 0.5
+    # the band is the delta-method interval on the log-odds scale: symmetric around the fit there
+    lo, mid, hi = (special.logit(s[c].to_numpy()) for c in ("lower", "probability", "upper"))
+    np.testing.assert_allclose(hi - mid, mid - lo, rtol=1e-8)
+    assert (hi - mid > 0).all()
+    met = data["met_min_week"].dropna()
+    np.testing.assert_allclose(s["met_min_week"].iloc[[0, -1]],
+                               10 ** np.log10(met + 1).quantile([0.005, 0.995]) - 1, rtol=1e-9)
 
 
-def test_logistic_newton_matches_statsmodels(data):
-    from myocomp.stats.validation import logistic_newton
+def test_met_spline_recovers_a_known_curve():
+    """CBP drawn with a known U-shaped log-odds in log10(MET + 1): the fitted curve's band
+    covers the truth on most of the grid and the nonlinearity test detects the U."""
+    rng = np.random.default_rng(5)
+    log_met = rng.uniform(1.0, 4.0, 20_000)
 
-    X = sm.add_constant(data[["z_intermat", "z_lmm", "age", "female"]].to_numpy())
-    y = data["cbp"].to_numpy(float)
-    ref = sm.Logit(y, X).fit(disp=0)
-    beta, cov = logistic_newton(X, y)
-    np.testing.assert_allclose(beta, ref.params, rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(np.sqrt(np.diag(cov)), ref.bse, rtol=1e-6)
+    def truth(x):
+        return -1.2 + 0.9 * (x - 2.5) ** 2
+
+    d = pd.DataFrame({"met_min_week": 10**log_met - 1,
+                      "cbp": rng.binomial(1, special.expit(truth(log_met))).astype(float)})
+    s = an.met_spline(d)
+    p_true = special.expit(truth(np.log10(s["met_min_week"] + 1)))
+    covered = ((s["lower"] <= p_true) & (p_true <= s["upper"])).mean()
+    assert covered > 0.8
+    assert np.max(np.abs(s["probability"] - p_true)) < 0.05
+    assert s["p_nonlinear"].iloc[0] < 1e-6
+    linear = d.assign(cbp=rng.binomial(1, special.expit(0.5 * log_met - 2)).astype(float))
+    assert an.met_spline(linear)["p_nonlinear"].iloc[0] > 1e-3
 
 
 def test_interaction_heatmap_at_reference(data):
@@ -97,8 +117,37 @@ def test_strata_and_symptom_models(data):
     assert fit.n == int(data["cbp"].sum())
     assert fit.events == int(((data["cbp"] == 1) & (data["pain_intensity"] >= 4)).sum())
     assert {"z_intermat", "z_lmm"} <= set(table["term"])
-    ordinal = an.ordinal_sensitivity(data)
-    assert np.isfinite(ordinal.set_index("term").loc[["z_intermat", "z_lmm"], "OR"]).all()
+    ordinal = an.ordinal_sensitivity(data).set_index("term")
+    beta = _proportional_odds_by_hand(data)
+    for term in ("z_intermat", "z_lmm"):
+        np.testing.assert_allclose(ordinal.loc[term, "OR"], np.exp(2 * beta[term]), rtol=2e-4)
+        np.testing.assert_allclose(ordinal.loc[term, "estimate"], beta[term], atol=1e-4)
+
+
+def _proportional_odds_by_hand(data: pd.DataFrame) -> pd.Series:
+    """Proportional-odds model of the pain category among CBP cases, by direct maximisation
+    of its log-likelihood with scipy (independent of statsmodels' OrderedModel)."""
+    from scipy import optimize
+
+    cols = ["z_intermat", "z_lmm", "age", "female", "diabetes", "dyslipidemia",
+            "osteoporosis", "osteoarthritis", "pa_low", "pa_high"]
+    cc = data[data["cbp"] == 1].dropna(subset=["pain_category", "site", *cols])
+    X = pd.concat([cc[cols].astype(float), pd.get_dummies(cc["site"].astype(str),
+                   drop_first=True, dtype=float)], axis=1)
+    X = X.loc[:, X.std() > 0]
+    Xv, k = X.to_numpy(), cc["pain_category"].to_numpy(int)
+    rows = np.arange(len(k))
+
+    def nll(theta):
+        b, c1, c2 = theta[:-2], theta[-2], theta[-2] + np.exp(theta[-1])
+        eta = Xv @ b
+        cdf = np.column_stack([np.zeros(len(k)), special.expit(c1 - eta),
+                               special.expit(c2 - eta), np.ones(len(k))])
+        return -np.sum(np.log(cdf[rows, k + 1] - cdf[rows, k]))
+
+    start = np.r_[np.zeros(Xv.shape[1]), 0.0, 0.0]
+    fit = optimize.minimize(nll, start, method="BFGS", options={"gtol": 1e-8})
+    return pd.Series(fit.x[:-2], index=X.columns)
 
 
 def test_not_estimable_stratum_is_reported(data):
@@ -114,10 +163,19 @@ def test_nomogram_reproduces_logistic_fit(data):
     pts = nomo.nomogram.points(data.dropna(subset=["z_lmm"]))
     lp = nomo.nomogram.linear_predictor(pts["total_points"].to_numpy())
     np.testing.assert_allclose(special.expit(lp), nomo.probability, rtol=1e-9)
+    from sklearn.metrics import roc_auc_score
+
     val = nomo.validation_table().set_index("metric")
-    assert 0.5 < val.loc["AUC (C-index), apparent", "value"] < 0.9
-    assert val.loc["AUC (C-index), apparent", "lower"] < val.loc[
-        "AUC (C-index), apparent", "value"]
+    auc = val.loc["AUC (C-index), apparent"]
+    assert auc["value"] == pytest.approx(roc_auc_score(nomo.y, nomo.probability), abs=1e-12)
+    assert auc["lower"] < auc["value"] < auc["upper"]
+    assert val.loc["Brier score, apparent", "value"] == pytest.approx(
+        np.mean((nomo.probability - nomo.y) ** 2), abs=1e-15)
+    logit = np.log(nomo.probability / (1 - nomo.probability))
+    ref = sm.Logit(nomo.y, sm.add_constant(logit)).fit(disp=0)
+    # recalibrating a model on the data it was fitted to: slope 1, intercept 0
+    assert val.loc["Calibration slope, apparent", "value"] == pytest.approx(ref.params[1], abs=1e-6)
+    assert val.loc["Calibration slope, apparent", "value"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_models_are_deterministic(data):

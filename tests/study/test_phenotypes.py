@@ -188,5 +188,5 @@ def test_read_tables_of_every_format(tmp_path, cohort):
     with pytest.raises(InputFileError, match="file not found"):
         read_table(tmp_path / "missing.csv")
     (tmp_path / "p.xlsx").write_text("x")
-    with pytest.raises(InputFileError, match="unknown table format"):
+    with pytest.raises(InputFileError, match="unsupported table format"):
         read_table(tmp_path / "p.xlsx")

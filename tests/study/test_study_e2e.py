@@ -55,9 +55,18 @@ def study_run(tmp_path_factory):
 def test_study_writes_every_output(study_run):
     assert study_run["rc"] == 0
     out = study_run["out"]
-    for name in TABLES:
-        table = pd.read_csv(out / "tables" / f"{name}.csv")
-        assert len(table) > 0, name
+    rows = {name: len(pd.read_csv(out / "tables" / f"{name}.csv")) for name in TABLES}
+    # fixed by the design of each analysis: 3 PA levels, a 200-point MET grid, 9 strata x 2
+    # markers, a 41 x 41 heatmap, 5 x 5 quintile cells, 4 bootstrap metrics, 7 validation
+    # rows, 10 calibration deciles, 8 models, the 11 coefficients of the nomogram model
+    expected = {"pa_prevalence": 3, "met_spline": 200, "strata_models": 18,
+                "interaction_predicted": 41 * 41, "interaction_observed": 25,
+                "bootstrap_validation": 4, "validation": 7, "calibration_curve": 10,
+                "models": 8, "nomogram_model": 11, "symptom_ordinal": 2 + 8}
+    assert {k: rows[k] for k in expected} == expected
+    main_models = pd.read_csv(out / "tables" / "main_models.csv")
+    # every coefficient but the intercept of the 6 models: 10 + 2 + 9 + 9 + 1 + 1
+    assert len(main_models) == rows["main_models"] == 32
     for name in PNGS:
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "figures" / "nomogram.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
@@ -185,4 +194,10 @@ def test_synthetic_cohort_without_metrics_table(tmp_path, capsys):
     if n_op < 40:  # too few events for a model: a row saying so, with no estimate
         assert op_yes["note"].str.startswith("not estimable").all()
         assert op_yes["OR"].isna().all()
-    assert (out / "report.html").stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    main_models = pd.read_csv(out / "tables" / "main_models.csv").set_index(["model", "term"])
+    adj = main_models.loc[("adjusted", "z_intermat")]
+    assert (f"InterMAT (Z): OR {adj['OR']:.2f} (95 % CI {adj['lower']:.2f}–{adj['upper']:.2f})"
+            in html)
+    auc = pd.read_csv(out / "tables" / "validation.csv").iloc[0]
+    assert f"AUC {auc['value']:.3f} (DeLong 95 % CI {auc['lower']:.3f}–{auc['upper']:.3f})" in html

@@ -42,6 +42,7 @@ import patsy
 from scipy import optimize, special, stats
 
 from myocomp.errors import DataError
+from myocomp.stats.logistic import logistic_newton
 
 __all__ = [
     "BoundaryFitWarning",
@@ -600,35 +601,6 @@ class _Deviance:
         return None
 
 
-def _glm_start(X: np.ndarray, y: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Fixed-effects logistic regression by Newton steps (starting values only)."""
-    beta = np.zeros(X.shape[1])
-
-    def dev(b: np.ndarray) -> float:
-        eta = X @ b
-        return float(np.sum(m * _softplus(eta) - y * eta))
-
-    d = dev(beta)
-    for _ in range(50):
-        mu = _expit(X @ beta)
-        grad = X.T @ (y - m * mu)
-        info = X.T @ ((m * mu * (1 - mu))[:, None] * X)
-        try:
-            step = np.linalg.solve(info + 1e-10 * np.eye(len(beta)), grad)
-        except np.linalg.LinAlgError:
-            break
-        t = 1.0
-        while t > 1e-8:
-            d_new = dev(beta + t * step)
-            if d_new <= d:
-                break
-            t /= 2
-        beta, d_old, d = beta + t * step, d, d_new
-        if abs(d_old - d) < 1e-12 * (1 + abs(d)):
-            break
-    return beta
-
-
 # --------------------------------------------------------------------------------------------
 # Fitting
 # --------------------------------------------------------------------------------------------
@@ -696,7 +668,10 @@ class MixedLogit:
         self, dev: _Deviance, start: dict[str, Any] | None
     ) -> tuple[np.ndarray, float]:
         """``beta`` of the fixed-effects logistic fit (with ``start`` overrides) and ``theta``."""
-        beta0 = _glm_start(dev.X, dev.y, dev.m)
+        try:
+            beta0 = logistic_newton(dev.X, dev.y, trials=dev.m)[0]
+        except np.linalg.LinAlgError:  # separation: the outer optimisation will report it
+            beta0 = np.zeros(dev.X.shape[1])
         theta0 = 1.0
         if start:
             theta0 = float(start.get("theta", theta0))

@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from myocomp.errors import ConfigError, DataError
+from myocomp.stats.logistic import logistic_newton
 
 __all__ = [
     "AUCResult",
@@ -40,6 +41,7 @@ __all__ = [
     "roc_curve",
     "validate_logistic",
     "logistic_newton",
+    "wilson_interval",
 ]
 
 _EPS = 1e-12  # probabilities are clipped to [eps, 1 - eps] before taking logits
@@ -239,6 +241,18 @@ def brier_score(y: Any, p: Any) -> float:
     return float(np.mean((pp - yy) ** 2))
 
 
+def wilson_interval(k: Any, n: Any, alpha: float = 0.05) -> tuple[Any, Any]:
+    """Wilson score interval of the proportion ``k / n`` at level ``1 - alpha``: ``(lower,
+    upper)``, elementwise for arrays of counts ``k`` of ``n`` trials (``n > 0``)."""
+    z = stats.norm.ppf(1 - alpha / 2)
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    p = k / n
+    den = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    return centre - half, centre + half
+
+
 def calibration_curve(
     y: Any,
     p: Any,
@@ -253,8 +267,6 @@ def calibration_curve(
     to the upper bin; empty bins are left out. Columns: ``bin`` (1-based), ``mean_predicted``,
     ``observed``, ``n``, ``events``, ``lower``/``upper`` (Wilson interval of ``observed``).
     """
-    from statsmodels.stats.proportion import proportion_confint
-
     yy = _outcome(y)
     pp = _probabilities(p, len(yy))
     alpha = _check_alpha(alpha)
@@ -274,7 +286,7 @@ def calibration_curve(
         if n == 0:
             continue
         k = int(yy[mask].sum())
-        lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson")
+        lo, hi = wilson_interval(k, n, alpha)
         rows.append(
             {
                 "bin": b + 1,
@@ -345,47 +357,6 @@ def _intercept_with_offset(y: np.ndarray, offset: np.ndarray) -> tuple[float, fl
     a = float(brentq(score, lo, hi, xtol=1e-12, rtol=1e-12))
     q = expit(a + offset)
     return a, float(1.0 / np.sqrt(np.sum(q * (1 - q))))
-
-
-def logistic_newton(
-    X: np.ndarray, y: np.ndarray, beta0: np.ndarray | None = None, tol: float = 1e-9, maxiter: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
-    """Maximum-likelihood logistic regression by Newton-Raphson: ``(beta, covariance)``.
-
-    ``X``: (n, p) design (with an intercept column if wanted); ``y``: (n,) 0/1. The covariance is
-    the inverse information at the estimate. A start ``beta0`` that fails is retried from zero.
-    Raises ``np.linalg.LinAlgError`` on a singular information matrix or no convergence (e.g.
-    separation).
-    """
-    if beta0 is not None:
-        try:
-            return _newton(X, y, np.array(beta0, float), tol, maxiter)
-        except np.linalg.LinAlgError:
-            pass
-    return _newton(X, y, np.zeros(X.shape[1]), tol, maxiter)
-
-
-def _newton(
-    X: np.ndarray, y: np.ndarray, beta: np.ndarray, tol: float, maxiter: int
-) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import linalg
-    from scipy.special import expit
-
-    for _ in range(maxiter):
-        p = expit(X @ beta)
-        info = (X * (p * (1.0 - p))[:, None]).T @ X
-        try:
-            step = linalg.solve(info, X.T @ (y - p), assume_a="pos")
-        except (linalg.LinAlgError, ValueError) as exc:
-            raise np.linalg.LinAlgError(str(exc)) from None
-        beta = beta + step
-        if not np.all(np.isfinite(beta)):
-            break
-        if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
-            p = expit(X @ beta)
-            info = (X * (p * (1.0 - p))[:, None]).T @ X
-            return beta, np.linalg.inv(info)
-    raise np.linalg.LinAlgError("logistic Newton iterations did not converge (separation?)")
 
 
 def calibration_slope_intercept(y: Any, p: Any) -> CalibrationFit:

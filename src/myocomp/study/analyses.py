@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import special, stats
 
 from myocomp.errors import DataError, MyocompError
+from myocomp.stats.validation import wilson_interval
 from myocomp.study.phenotypes import StudyConfig
 
 __all__ = [
@@ -229,7 +230,6 @@ def odds_ratio_table(fit: ModelFit, terms: Sequence[str] | None = None) -> pd.Da
                          "n": fit.n, "events": fit.events, "n_dropped": fit.n_dropped,
                          "note": fit.note})
         return pd.DataFrame(rows, columns=cols)
-    ci = res.conf_int()
     if terms is None:
         names = [t for t in res.params.index if t != "Intercept"]
         terms = sorted(names, key=lambda t: (0 if t.startswith("z_") else
@@ -238,13 +238,12 @@ def odds_ratio_table(fit: ModelFit, terms: Sequence[str] | None = None) -> pd.Da
         if term not in res.params.index:
             continue
         scale, unit = _scale_and_unit(term)
-        b, se = float(res.params[term]), float(res.bse[term])
+        orr = res.odds_ratios(scale=scale, terms=[term]).loc[term]
         rows.append({
             "model": fit.name, "description": fit.description, "term": term,
-            "label": LABELS.get(term, term), "unit": unit,
-            "OR": math.exp(scale * b), "lower": math.exp(scale * float(ci.loc[term, "lower"])),
-            "upper": math.exp(scale * float(ci.loc[term, "upper"])),
-            "p": float(res.pvalues[term]), "estimate": b, "se": se, "n": fit.n,
+            "label": LABELS.get(term, term), "unit": unit, "OR": float(orr["OR"]),
+            "lower": float(orr["lower"]), "upper": float(orr["upper"]), "p": float(orr["p"]),
+            "estimate": float(res.params[term]), "se": float(res.bse[term]), "n": fit.n,
             "events": fit.events, "n_dropped": fit.n_dropped, "group_sd": float(res.group_sd),
             "note": fit.note,
         })
@@ -254,21 +253,33 @@ def odds_ratio_table(fit: ModelFit, terms: Sequence[str] | None = None) -> pd.Da
 # ------------------------------------------------------------------------------------------
 # descriptive
 # ------------------------------------------------------------------------------------------
-def _median_iqr(x: pd.Series) -> str:
+def _median_iqr(x: pd.Series) -> dict[str, float]:
+    """Median, quartiles and the decimals to show them with (0 for integer-valued variables
+    such as age in years, else by magnitude)."""
     x = x.dropna()
     if x.empty:
-        return "–"
+        return {"": np.nan, "_q1": np.nan, "_q3": np.nan, "decimals": np.nan}
     q1, q2, q3 = np.quantile(x, [0.25, 0.5, 0.75])
     scale = max(abs(q1), abs(q2), abs(q3))
     if np.allclose([q1, q2, q3], np.round([q1, q2, q3])) and (x == np.round(x)).all():
-        digits = 0  # integer-valued variable (age in years, pain score)
+        digits = 0
     else:
         digits = 0 if scale >= 100 else (1 if scale >= 1 else 3)
-    return f"{q2:.{digits}f} [{q1:.{digits}f}–{q3:.{digits}f}]"
+    return {"": float(q2), "_q1": float(q1), "_q3": float(q3), "decimals": digits}
 
 
-def _n_pct(k: int, n: int) -> str:
-    return f"{k:,} ({100.0 * k / n:.1f} %)" if n else "–"
+def _n_pct(k: int, n: int) -> dict[str, float]:
+    return {"": k, "_percent": 100.0 * k / n if n else np.nan}
+
+
+def _cells(stats_of: Callable[[pd.DataFrame], dict[str, float]],
+           groups: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """``{group + suffix: value}`` for each group, plus ``decimals`` if the statistic has it."""
+    out: dict[str, float] = {}
+    for k, g in groups.items():
+        for suffix, value in stats_of(g).items():
+            out[suffix if suffix == "decimals" else k + suffix] = value
+    return out
 
 
 TABLE1_CONTINUOUS: tuple[str, ...] = (
@@ -280,18 +291,23 @@ TABLE1_CATEGORICAL: tuple[str, ...] = (
 )
 
 
+TABLE1_GROUPS: tuple[str, ...] = ("overall", "no_cbp", "cbp")
+
+
 def table1(d: pd.DataFrame, outcome: str = "cbp") -> pd.DataFrame:
     """Table 1 by ``outcome`` status: n (%) for categorical variables with a chi-square test,
-    median [IQR] for continuous ones with a Mann-Whitney U test.
+    median [IQR] for continuous ones with a Mann-Whitney U test. Numbers only; the report
+    formats them (:func:`myocomp.study.report.table1_display`).
 
-    Columns: variable, label, level, statistic, overall, no_cbp, cbp, p, test, n_missing.
+    Columns: variable, label, level, statistic; per group G of overall, no_cbp, cbp: ``G``
+    (the count, or the median), ``G_percent`` (n (%) rows), ``G_q1``/``G_q3`` (median [IQR]
+    rows); then p, test, n_missing and ``decimals`` (of the median [IQR] as shown).
     """
     d = d[d[outcome].notna()]
     groups = {"overall": d, "no_cbp": d[d[outcome] == 0], "cbp": d[d[outcome] == 1]}
     rows: list[dict[str, Any]] = [{
         "variable": "n", "label": "Participants", "level": "", "statistic": "n",
-        **{k: f"{len(g):,}" for k, g in groups.items()}, "p": np.nan, "test": "",
-        "n_missing": 0,
+        **{k: len(g) for k, g in groups.items()}, "p": np.nan, "test": "", "n_missing": 0,
     }]
     for var in TABLE1_CONTINUOUS:
         if var not in d.columns or d[var].notna().sum() == 0:
@@ -301,47 +317,44 @@ def table1(d: pd.DataFrame, outcome: str = "cbp") -> pd.DataFrame:
              if len(a) and len(b) else np.nan)
         rows.append({"variable": var, "label": LABELS.get(var, var), "level": "",
                      "statistic": "median [IQR]",
-                     **{k: _median_iqr(g[var]) for k, g in groups.items()},
+                     **_cells(lambda g, var=var: _median_iqr(g[var]), groups),
                      "p": p, "test": "Mann-Whitney U", "n_missing": int(d[var].isna().sum())})
     for var in TABLE1_CATEGORICAL:
-        if var not in d.columns or d[var].notna().sum() == 0:
-            continue
-        sub = d[d[var].notna()]
-        values = sub[var]
-        if var in ("diabetes", "dyslipidemia", "osteoporosis", "osteoarthritis"):
-            levels = [1.0]
-            values = values.astype(float)
-        elif var == "pa_category":
-            levels = [lv for lv in PA_LEVELS if (values == lv).any()]
-        else:
-            levels = sorted(values.unique(), key=str)
-        tab = pd.crosstab(values, sub[outcome])
-        p = np.nan
-        if tab.shape[0] > 1 and tab.shape[1] > 1:
-            p = float(stats.chi2_contingency(tab.to_numpy(), correction=False)[1])
-        for i, level in enumerate(levels):
-            cells = {}
-            for k, g in groups.items():
-                gv = g[var].dropna()
-                if var in ("diabetes", "dyslipidemia", "osteoporosis", "osteoarthritis"):
-                    gv = gv.astype(float)
-                cells[k] = _n_pct(int((gv == level).sum()), len(gv))
-            shown = "yes" if level == 1.0 else str(level)
-            rows.append({"variable": var, "label": LABELS.get(var, var), "level": shown,
-                         "statistic": "n (%)", **cells, "p": p if i == 0 else np.nan,
-                         "test": "chi-square" if i == 0 else "",
-                         "n_missing": int(d[var].isna().sum()) if i == 0 else 0})
-    return pd.DataFrame(rows, columns=["variable", "label", "level", "statistic", "overall",
-                                       "no_cbp", "cbp", "p", "test", "n_missing"])
+        if var in d.columns and d[var].notna().sum() > 0:
+            rows.extend(_categorical_rows(d, groups, var, outcome))
+    cols = ["variable", "label", "level", "statistic"]
+    cols += [f"{g}{s}" for g in TABLE1_GROUPS for s in ("", "_percent", "_q1", "_q3")]
+    return pd.DataFrame(rows, columns=[*cols, "p", "test", "n_missing", "decimals"])
 
 
-def _wilson(k: np.ndarray, n: np.ndarray, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    z = stats.norm.ppf(1 - alpha / 2)
-    p = k / n
-    den = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / den
-    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
-    return centre - half, centre + half
+def _categorical_rows(d: pd.DataFrame, groups: dict[str, pd.DataFrame], var: str,
+                      outcome: str) -> list[dict[str, Any]]:
+    binary = var in ("diabetes", "dyslipidemia", "osteoporosis", "osteoarthritis")
+    sub = d[d[var].notna()]
+    values = sub[var].astype(float) if binary else sub[var]
+    if binary:
+        levels: list[Any] = [1.0]
+    elif var == "pa_category":
+        levels = [lv for lv in PA_LEVELS if (values == lv).any()]
+    else:
+        levels = sorted(values.unique(), key=str)
+    tab = pd.crosstab(values, sub[outcome])
+    p = np.nan
+    if tab.shape[0] > 1 and tab.shape[1] > 1:
+        p = float(stats.chi2_contingency(tab.to_numpy(), correction=False)[1])
+    rows = []
+    for i, level in enumerate(levels):
+        def count(g: pd.DataFrame, level: Any = level) -> dict[str, float]:
+            gv = g[var].dropna()
+            gv = gv.astype(float) if binary else gv
+            return _n_pct(int((gv == level).sum()), len(gv))
+
+        rows.append({"variable": var, "label": LABELS.get(var, var),
+                     "level": "yes" if level == 1.0 else str(level), "statistic": "n (%)",
+                     **_cells(count, groups), "p": p if i == 0 else np.nan,
+                     "test": "chi-square" if i == 0 else "",
+                     "n_missing": int(d[var].isna().sum()) if i == 0 else 0})
+    return rows
 
 
 def pa_prevalence(d: pd.DataFrame, outcome: str = "cbp") -> pd.DataFrame:
@@ -352,7 +365,7 @@ def pa_prevalence(d: pd.DataFrame, outcome: str = "cbp") -> pd.DataFrame:
     tab = pd.crosstab(cc["pa_category"], cc[outcome]).reindex(PA_LEVELS).dropna()
     n = tab.sum(axis=1).to_numpy(float)
     k = tab.get(1, pd.Series(0, index=tab.index)).to_numpy(float)
-    lo, hi = _wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     chi2, p, dof, _ = stats.chi2_contingency(tab.to_numpy(), correction=False)
     ranges = {"low": "< 500", "moderate": "500–5,000", "high": "> 5,000"}
     return pd.DataFrame({

@@ -33,13 +33,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from myocomp import io
 from myocomp.errors import ConfigError, DataError, InputFileError
+from myocomp.imaging.composition import METRIC_COLUMNS
 
 __all__ = [
     "REQUIRED_COLUMNS",
     "OPTIONAL_COLUMNS",
     "BINARY_COLUMNS",
-    "METRIC_COLUMNS",
+    "STUDY_METRICS",
     "RANGES",
     "SEX_CODES",
     "StudyConfig",
@@ -59,10 +61,9 @@ BINARY_COLUMNS: tuple[str, ...] = (
     "cbp", "osteoarthritis", "osteoporosis", "diabetes", "dyslipidemia",
 )
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "bmi", "pain_intensity", "met_min_week", "height_cm")
-#: metric columns the study uses from the metrics table (see DESIGN.md §3)
-METRIC_COLUMNS: tuple[str, ...] = (
-    "volume_ml", "ff_mean", "lean_volume_ml", "intermat_volume_ml", "intermat_fraction",
-)
+#: the metric columns (of :data:`myocomp.imaging.composition.METRIC_COLUMNS`) the study uses
+STUDY_METRICS: tuple[str, ...] = tuple(c for c in METRIC_COLUMNS if c in {
+    "volume_ml", "ff_mean", "lean_volume_ml", "intermat_volume_ml", "intermat_fraction"})
 #: closed plausible ranges of numeric phenotypes (values outside are an error)
 RANGES: dict[str, tuple[float, float]] = {
     "age": (0.0, 120.0),
@@ -128,7 +129,7 @@ class StudyConfig:
     include_flagged: bool = False
 
     def __post_init__(self) -> None:
-        known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + METRIC_COLUMNS + ("lmm",)
+        known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + STUDY_METRICS + ("lmm",)
         for ours in self.columns:
             if ours not in known:
                 raise ConfigError(f"unknown column key '{ours}' in [columns]{_suggest(ours, known)}")
@@ -228,21 +229,8 @@ def load_config(path: str | Path | None) -> StudyConfig:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, TSV or Parquet table (by suffix). Raises :class:`InputFileError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError("file not found", source=path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            sep = "\t" if suffix == ".tsv" else None
-            return pd.read_csv(path, sep=sep, engine="python", dtype=str,
-                               keep_default_na=True, skipinitialspace=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
-        raise InputFileError(f"cannot read table: {exc}".splitlines()[0], source=path) from None
-    raise InputFileError("unknown table format (use .csv, .tsv or .parquet)", source=path)
+    """Read a phenotype table, cells as text: :func:`myocomp.io.read_table` with ``text=True``."""
+    return io.read_table(path, text=True)
 
 
 def _label(ours: str, config: StudyConfig) -> str:
@@ -328,10 +316,10 @@ def validate_phenotypes(raw: pd.DataFrame, config: StudyConfig | None = None, *,
     config = config or StudyConfig()
     rename = {theirs: ours for ours, theirs in config.columns.items()}
     for ours, theirs in config.columns.items():
-        if theirs not in raw.columns and ours in require + OPTIONAL_COLUMNS + METRIC_COLUMNS:
+        if theirs not in raw.columns and ours in require + OPTIONAL_COLUMNS + STUDY_METRICS:
             if ours in OPTIONAL_COLUMNS:
                 continue
-            if ours in METRIC_COLUMNS and ours not in require:
+            if ours in STUDY_METRICS and ours not in require:
                 continue
             raise DataError(
                 f"config maps '{ours}' to column '{theirs}', which is not in the table"
@@ -364,7 +352,7 @@ def validate_phenotypes(raw: pd.DataFrame, config: StudyConfig | None = None, *,
     if "site" in df.columns:
         df["site"] = df["site"].astype("string").str.strip().astype(object)
         df.loc[df["site"].isna(), "site"] = None
-    for col in NUMERIC_COLUMNS + METRIC_COLUMNS + ("lmm",):
+    for col in NUMERIC_COLUMNS + STUDY_METRICS + ("lmm",):
         if col not in df.columns:
             continue
         values = _to_numeric(df, col, config)
@@ -464,7 +452,7 @@ def join_metrics(phenotypes: pd.DataFrame, metrics: pd.DataFrame | None, *,
                 f"metrics table has several rows of group '{group}' for participant "
                 f"'{m.loc[dup, 'participant_id'].iloc[0]}'"
             )
-        keep = ["participant_id"] + [c for c in METRIC_COLUMNS + ("n_voxels", "voxel_volume_ml")
+        keep = ["participant_id"] + [c for c in STUDY_METRICS + ("n_voxels", "voxel_volume_ml")
                                      if c in m.columns]
         m = m[keep]
         for col in keep[1:]:

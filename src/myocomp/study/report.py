@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from myocomp.io import write_text
-from myocomp.study.analyses import LABELS
+from myocomp.study.analyses import LABELS, TABLE1_GROUPS
 from myocomp.study.result import StudyResult
 
-__all__ = ["write_report", "render_report", "SECTIONS", "METRIC_DEFINITIONS", "software_versions"]
+__all__ = ["write_report", "render_report", "SECTIONS", "METRIC_DEFINITIONS", "software_versions",
+           "table1_display"]
 
 #: section ids of the report, in order (tests check that each is present)
 SECTIONS: tuple[str, ...] = (
@@ -105,6 +106,27 @@ def _fmt(value: Any, col: str) -> str:
     return str(value)
 
 
+def _table1_cell(row: pd.Series, group: str) -> str:
+    value = row[group]
+    if row["statistic"] == "n":
+        return f"{int(value):,}"
+    if row["statistic"] == "n (%)":
+        pct = row[f"{group}_percent"]
+        return "–" if pd.isna(pct) else f"{int(value):,} ({pct:.1f} %)"
+    if pd.isna(value):
+        return "–"
+    k = int(row["decimals"])
+    return f"{value:.{k}f} [{row[f'{group}_q1']:.{k}f}–{row[f'{group}_q3']:.{k}f}]"
+
+
+def table1_display(table1: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as shown in the report: one text cell per group ("n (%)", "median [IQR]")."""
+    shown = table1[["variable", "label", "level", "statistic"]].copy()
+    for group in TABLE1_GROUPS:
+        shown[group] = [_table1_cell(row, group) for _, row in table1.iterrows()]
+    return shown.assign(p=table1["p"], test=table1["test"], n_missing=table1["n_missing"])
+
+
 def _table(df: pd.DataFrame, columns: list[str] | None = None, max_rows: int = 200) -> str:
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
@@ -154,7 +176,7 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
     t = result.tables
     cfg = result.config
     join = result.join.to_dict()
-    n_cbp = int(t["table1"].iloc[0]["cbp"].replace(",", ""))
+    n_cbp = int(t["table1"].iloc[0]["cbp"])
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>myocomp CBP study report</title>", f"<style>{_CSS}</style></head><body>",
@@ -181,7 +203,7 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
         "<p>Missing values are handled complete-case per model; the rows dropped by each model "
         "are listed in section 10.</p>",
         "<h2 id='table1'>3. Table 1: characteristics by CBP status</h2>",
-        _table(t["table1"], ["label", "level", "statistic", "overall", "no_cbp", "cbp", "p",
+        _table(table1_display(t["table1"]), ["label", "level", "statistic", "overall", "no_cbp", "cbp", "p",
                              "test", "n_missing"]),
         "<p class='caption'>n (%) with chi-square test; median [IQR] with Mann–Whitney U "
         "test.</p>",

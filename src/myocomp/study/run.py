@@ -123,6 +123,11 @@ def _nomogram_tables(nomo: an.NomogramAnalysis) -> dict[str, pd.DataFrame]:
     }
 
 
+def _fixed_effects_analyses(d: pd.DataFrame, B: int, seed: int
+                            ) -> tuple[an.NomogramAnalysis, pd.DataFrame]:
+    return an.nomogram_analysis(d, B=B, seed=seed), an.ordinal_sensitivity(d)
+
+
 def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
                    progress: Callable[[str], None] | None = None) -> StudyTables:
     """Every analysis of the study on the prepared table ``d``
@@ -130,8 +135,9 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     step = _Clock(timings)
-    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}), in the background")
-    nomo_future, pool = _background(an.nomogram_analysis, d, cfg.bootstrap, cfg.seed)
+    say(f"nomogram, validation (bootstrap B = {cfg.bootstrap}) and the ordinal model, "
+        "in the background")
+    background, pool = _background(_fixed_effects_analyses, d, cfg.bootstrap, cfg.seed)
     try:
         tables: dict[str, pd.DataFrame] = {}
         say("Table 1 and physical activity")
@@ -148,19 +154,21 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         say("symptom burden (mixed logistic, ordinal sensitivity)")
         tables["symptom_burden"], fits["symptom_burden"] = an.symptom_burden(
             d, cfg.symptom_threshold, cfg.nagq)
-        tables["symptom_ordinal"] = an.ordinal_sensitivity(d)
         step("symptom_burden")
         say("InterMAT × LMM interaction")
         (tables["interaction_model"], tables["interaction_predicted"],
          tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
             d, nagq=cfg.nagq)
         step("interaction")
-        nomo = nomo_future.result()
+        nomo, tables["symptom_ordinal"] = background.result()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     tables.update(_nomogram_tables(nomo))
-    step("nomogram (waiting for the bootstrap)")
+    step("waiting for the bootstrap")
+    order = ["table1", "pa_prevalence", "met_spline", "main_models", "strata_models",
+             "symptom_burden", "symptom_ordinal"]
+    tables = {k: tables[k] for k in order} | tables
     tables["models"] = _models_table(list(fits.values()))
     return StudyTables(tables=tables, fits=fits, nomogram=nomo, timings=timings)
 
@@ -192,37 +200,50 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
     }
 
 
-def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path
-                  ) -> dict[str, Path]:
-    """Draw every figure of the study into ``fdir``; returns name -> path."""
-    tables, nomo = computed.tables, computed.nomogram
-    figs: dict[str, Path] = {}
-    figs["pa"] = fg.plot_pa(tables["pa_prevalence"], tables["met_spline"], fdir / "pa.png",
-                            cfg.pa_breaks)
-    figs["forest_main"] = fg.plot_forest(
-        tables["main_models"], fdir / "forest_main.png", row_label="description",
-        title="Association of back-muscle composition with CBP (mixed logistic models)")
-    figs["forest_strata"] = fg.plot_strata(tables["strata_models"], fdir / "forest_strata.png")
-    sym = pd.concat([
-        tables["symptom_burden"].assign(
-            row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
-        tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
-    ], ignore_index=True)
-    figs["forest_symptoms"] = fg.plot_forest(
-        sym, fdir / "forest_symptoms.png", row_label="row",
-        title="Symptom burden among participants with CBP")
-    figs["interaction"] = fg.plot_interaction(
-        tables["interaction_predicted"], tables["interaction_observed"],
-        fdir / "interaction.png", an.reference_covariates(d))
+def _nomogram_figures(nomo: an.NomogramAnalysis, fdir: Path) -> dict[str, Path]:
     nomo.nomogram.plot(fdir / "nomogram.png", fdir / "nomogram.svg",
                        outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
-    figs["nomogram"] = fdir / "nomogram.png"
-    figs["nomogram_svg"] = fdir / "nomogram.svg"
-    figs["calibration"] = fg.plot_calibration(
-        nomo.calibration_curve, fdir / "calibration.png",
-        title="Calibration of the nomogram model", fit=nomo.calibration)
-    figs["roc"] = fg.plot_roc(nomo.y, nomo.probability, fdir / "roc.png",
-                              title="ROC of the nomogram model")
+    return {
+        "nomogram": fdir / "nomogram.png",
+        "nomogram_svg": fdir / "nomogram.svg",
+        "calibration": fg.plot_calibration(
+            nomo.calibration_curve, fdir / "calibration.png",
+            title="Calibration of the nomogram model", fit=nomo.calibration),
+        "roc": fg.plot_roc(nomo.y, nomo.probability, fdir / "roc.png",
+                           title="ROC of the nomogram model"),
+    }
+
+
+def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path
+                  ) -> dict[str, Path]:
+    """Draw every figure of the study into ``fdir`` (the nomogram's three in a second process
+    when there is a second core); returns name -> path."""
+    tables = computed.tables
+    nomo_figs, pool = _background(_nomogram_figures, computed.nomogram, fdir)
+    try:
+        figs: dict[str, Path] = {}
+        figs["pa"] = fg.plot_pa(tables["pa_prevalence"], tables["met_spline"],
+                                fdir / "pa.png", cfg.pa_breaks)
+        figs["forest_main"] = fg.plot_forest(
+            tables["main_models"], fdir / "forest_main.png", row_label="description",
+            title="Association of back-muscle composition with CBP (mixed logistic models)")
+        figs["forest_strata"] = fg.plot_strata(tables["strata_models"],
+                                               fdir / "forest_strata.png")
+        sym = pd.concat([
+            tables["symptom_burden"].assign(
+                row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
+            tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
+        ], ignore_index=True)
+        figs["forest_symptoms"] = fg.plot_forest(
+            sym, fdir / "forest_symptoms.png", row_label="row",
+            title="Symptom burden among participants with CBP")
+        figs["interaction"] = fg.plot_interaction(
+            tables["interaction_predicted"], tables["interaction_observed"],
+            fdir / "interaction.png", an.reference_covariates(d))
+        figs.update(nomo_figs.result())
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return figs
 
 
