@@ -5,6 +5,7 @@ bootstrap optimism)."""
 from myocomp.stats.glmm import (
     BoundaryFitWarning,
     ConvergenceWarning,
+    MixedLogit,
     MixedLogitResults,
     fit_mixed_logit,
 )
@@ -22,6 +23,7 @@ from myocomp.stats.zscores import ZScoreModel, fit_zscores
 __all__ = [
     "BoundaryFitWarning",
     "ConvergenceWarning",
+    "MixedLogit",
     "MixedLogitResults",
     "Nomogram",
     "PredictorSpec",

@@ -49,6 +49,7 @@ __all__ = [
     "ConvergenceWarning",
     "MixedLogit",
     "MixedLogitResults",
+    "design_matrices",
     "fit_mixed_logit",
 ]
 
@@ -239,6 +240,23 @@ def _columns(info: patsy.DesignInfo, frame: pd.DataFrame) -> np.ndarray | None:
                         col = col * values[f][:, j]
                 cols.append(col)
     return np.column_stack(cols) if cols else np.empty((n, 0))
+
+
+def design_matrices(formula: str, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(y, X, column names)`` of the patsy ``formula`` on the rows of ``data`` with no
+    missing value in the columns it uses: the numbers of ``patsy.dmatrices(formula, data)``,
+    built as :class:`MixedLogit` builds its design (categorical factors coded in one
+    vectorised pass). Raises :class:`DataError` for a bad formula or non-finite values."""
+    lhs_code, rhs = _split_formula(formula)
+    used = _used_columns([lhs_code, *_rhs_codes(rhs)], data)
+    frame = data.loc[data[used].notna().all(axis=1).to_numpy()]
+    try:
+        X, info = _design_matrix(rhs, _as_categorical(frame, used))
+    except patsy.PatsyError as exc:
+        raise DataError(f"cannot build the design matrix of {formula!r}: {exc}") from None
+    if not np.isfinite(X).all():
+        raise DataError(f"the design matrix of {formula!r} has non-finite values")
+    return _outcome(lhs_code, frame), X, list(info.column_names)
 
 
 @dataclass

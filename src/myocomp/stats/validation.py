@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from myocomp.errors import ConfigError, DataError
+from myocomp.stats.glmm import design_matrices
 from myocomp.stats.logistic import logistic_newton
 
 __all__ = [
@@ -399,8 +400,19 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     """Mann-Whitney AUC (ties 1/2) from midranks."""
     m = int(y.sum())
     n = len(y) - m
-    ranks = stats.rankdata(p)
-    return float((ranks[y == 1].sum() - m * (m + 1) / 2) / (m * n))
+    return float((_midranks(p)[y == 1].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def _midranks(p: np.ndarray) -> np.ndarray:
+    """``scipy.stats.rankdata(p)`` (ties get their mean rank) with an unstable sort, which
+    cannot change mean ranks and is twice as fast."""
+    order = np.argsort(p)
+    sp = p[order]
+    first = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])  # start of each run of ties
+    counts = np.diff(np.r_[first, len(p)])
+    ranks = np.empty(len(p))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
 
 
 @dataclass(frozen=True)
@@ -536,22 +548,17 @@ def validate_logistic(
     resampled, and each replicate is fitted by :func:`logistic_newton` (the same estimates as
     statsmodels ``Logit``), so B = 200 on 27,518 people takes seconds; resampling uses the same
     rows and random numbers as :func:`bootstrap_validation`."""
-    import patsy
-
     try:
-        yd, xd = patsy.dmatrices(formula, data, NA_action="drop", return_type="dataframe")
-    except patsy.PatsyError as exc:
+        yv, x, _ = design_matrices(formula, data)
+    except DataError as exc:
         raise DataError(f"formula {formula!r}: {str(exc).splitlines()[0]}") from exc
-    if yd.shape[1] != 1:
-        raise DataError(f"formula {formula!r}: the outcome must be one column coded 0/1")
-    y = _outcome(yd.iloc[:, 0].to_numpy(), "outcome")
-    x = xd.to_numpy(dtype=float)
-
+    y = _outcome(yv, "outcome")
     yf = y.astype(float)
 
     def fit_predict(rows: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
         xb = x[rows]
-        if np.linalg.matrix_rank(xb.T @ xb) < x.shape[1]:  # e.g. a rare level not drawn
+        constant = np.ptp(xb, axis=0) == 0  # a rare level not drawn: zeros, or all ones
+        if constant.sum() > 1 or not xb[:, constant].any(axis=0).all():
             raise np.linalg.LinAlgError("design matrix of the resample is rank deficient")
         return logistic_newton(xb, yf[rows], start)[0]
 

@@ -603,8 +603,7 @@ def nomogram_analysis(d: pd.DataFrame, B: int = 200, seed: int = 0,
     """Fixed-effects logistic model of all variables (the markers and covariates of the main
     model, no site), its nomogram (axes over the 1st-99th percentiles), apparent AUC with
     DeLong CI, Brier score, calibration, and the optimism bootstrap with ``B`` replicates."""
-    import patsy
-
+    from myocomp.stats.glmm import design_matrices
     from myocomp.stats.nomogram import nomogram_from_formula
     from myocomp.stats.validation import (
         brier_score,
@@ -621,10 +620,8 @@ def nomogram_analysis(d: pd.DataFrame, B: int = 200, seed: int = 0,
     cc = cc.reset_index(drop=True)
     labels = {k: v for k, v in LABELS.items() if k in cc.columns}
     nomo, result = nomogram_from_formula(formula, cc, quantiles=(0.01, 0.99), labels=labels)
-    y_df, x_df = patsy.dmatrices(formula, cc, return_type="dataframe")
-    y = y_df.iloc[:, 0].to_numpy(float)
-    X = x_df.to_numpy(float)
-    lp = X @ result.params.reindex(x_df.columns).to_numpy()
+    y, X, names = design_matrices(formula, cc)
+    lp = X @ result.params.reindex(names).to_numpy()
     prob = special.expit(lp)
     boot = validate_logistic(formula, cc, B=B, seed=seed, progress=progress).table if B > 0 else (
         pd.DataFrame({"apparent": np.nan, "training": np.nan, "test": np.nan,
