@@ -91,10 +91,11 @@ def test_complete_case_counts_and_join(study_run):
     table1 = pd.read_csv(out / "tables" / "table1.csv")
     n_row = table1[table1["variable"] == "n"].iloc[0]
     joined = cohort[cohort["participant_id"] != study_run["lost"]]
-    assert n_row["cbp"].replace(",", "") == str(int(joined["cbp"].sum()))
+    assert n_row["cbp"] == int(joined["cbp"].sum()) and np.isnan(n_row["cbp_percent"])
     female = table1[(table1["variable"] == "sex") & (table1["level"] == "female")].iloc[0]
     k = int(((joined["sex"] == "female") & (joined["cbp"] == 1)).sum())
-    assert female["cbp"].startswith(f"{k:,} (")
+    assert female["cbp"] == k
+    assert female["cbp_percent"] == pytest.approx(100 * k / joined["cbp"].sum())
     boot = pd.read_csv(out / "tables" / "bootstrap_validation.csv")
     assert (boot["n"] == 20).all()
 

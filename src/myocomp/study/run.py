@@ -123,11 +123,6 @@ def _nomogram_tables(nomo: an.NomogramAnalysis) -> dict[str, pd.DataFrame]:
     }
 
 
-def _fixed_effects_analyses(d: pd.DataFrame, B: int, seed: int
-                            ) -> tuple[an.NomogramAnalysis, pd.DataFrame]:
-    return an.nomogram_analysis(d, B=B, seed=seed), an.ordinal_sensitivity(d)
-
-
 def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
                    progress: Callable[[str], None] | None = None) -> StudyTables:
     """Every analysis of the study on the prepared table ``d``
@@ -135,9 +130,8 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     step = _Clock(timings)
-    say(f"nomogram, validation (bootstrap B = {cfg.bootstrap}) and the ordinal model, "
-        "in the background")
-    background, pool = _background(_fixed_effects_analyses, d, cfg.bootstrap, cfg.seed)
+    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}), in the background")
+    background, pool = _background(an.nomogram_analysis, d, cfg.bootstrap, cfg.seed)
     try:
         tables: dict[str, pd.DataFrame] = {}
         say("Table 1 and physical activity")
@@ -154,21 +148,19 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         say("symptom burden (mixed logistic, ordinal sensitivity)")
         tables["symptom_burden"], fits["symptom_burden"] = an.symptom_burden(
             d, cfg.symptom_threshold, cfg.nagq)
+        tables["symptom_ordinal"] = an.ordinal_sensitivity(d)
         step("symptom_burden")
         say("InterMAT × LMM interaction")
         (tables["interaction_model"], tables["interaction_predicted"],
          tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
             d, nagq=cfg.nagq)
         step("interaction")
-        nomo, tables["symptom_ordinal"] = background.result()
+        nomo = background.result()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     tables.update(_nomogram_tables(nomo))
     step("waiting for the bootstrap")
-    order = ["table1", "pa_prevalence", "met_spline", "main_models", "strata_models",
-             "symptom_burden", "symptom_ordinal"]
-    tables = {k: tables[k] for k in order} | tables
     tables["models"] = _models_table(list(fits.values()))
     return StudyTables(tables=tables, fits=fits, nomogram=nomo, timings=timings)
 
