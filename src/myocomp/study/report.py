@@ -171,12 +171,9 @@ def _key_results(result: StudyResult) -> str:
     return f'<div class="key"><ul>{"".join(items)}</ul></div>'
 
 
-def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
-    """The report as one HTML string (every figure inline as base64 PNG)."""
-    t = result.tables
-    cfg = result.config
-    join = result.join.to_dict()
-    n_cbp = int(t["table1"].iloc[0]["cbp"])
+def _head_and_data(result: StudyResult) -> list[str]:
+    join, cfg = result.join.to_dict(), result.config
+    n_cbp = int(result.tables["table1"].iloc[0]["cbp"])
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>myocomp CBP study report</title>", f"<style>{_CSS}</style></head><body>",
@@ -199,12 +196,17 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
                      f"{html.escape(', '.join(join['phenotypes_without_metrics_first']))}; "
                      f"metrics {html.escape(', '.join(join['metrics_without_phenotypes_first']))}"
                      "</p>")
-    parts += [
+    return parts
+
+
+def _analysis_sections(result: StudyResult) -> list[str]:
+    t, cfg = result.tables, result.config
+    return [
         "<p>Missing values are handled complete-case per model; the rows dropped by each model "
         "are listed in section 10.</p>",
         "<h2 id='table1'>3. Table 1: characteristics by CBP status</h2>",
-        _table(table1_display(t["table1"]), ["label", "level", "statistic", "overall", "no_cbp", "cbp", "p",
-                             "test", "n_missing"]),
+        _table(table1_display(t["table1"]), ["label", "level", "statistic", "overall", "no_cbp",
+                                             "cbp", "p", "test", "n_missing"]),
         "<p class='caption'>n (%) with chi-square test; median [IQR] with Mann–Whitney U "
         "test.</p>",
         "<h2 id='physical-activity'>4. Physical activity</h2>",
@@ -249,6 +251,12 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
         "<h3>Observed prevalence by Z quintiles</h3>", _table(t["interaction_observed"]),
         "<p class='caption'>The predicted grid of panel (a) is tables/interaction_predicted.csv;"
         " the spline curve of Figure 1b is tables/met_spline.csv.</p>",
+    ]
+
+
+def _nomogram_sections(result: StudyResult) -> list[str]:
+    t, cfg = result.tables, result.config
+    return [
         "<h2 id='nomogram'>9. Nomogram and validation</h2>",
         "<p>Fixed-effects logistic model of all variables of the adjusted model (no site "
         "term), built into a nomogram as R's rms does: the widest-ranging predictor spans "
@@ -272,6 +280,11 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
         "<h2 id='data-dictionary'>11. Data dictionary</h2>",
         "<h3>Variables</h3>",
     ]
+
+
+def _dictionary_sections(result: StudyResult, data: pd.DataFrame | None) -> list[str]:
+    cfg = result.config
+    parts: list[str] = []
     var_rows = []
     for name, unit, meaning in _VARIABLES:
         source = cfg.columns.get(name, name) if name not in (
@@ -305,6 +318,13 @@ def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
                                      columns=["software", "version"])))
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     parts.append(f"<p class='caption'>Run time: {html.escape(timing)}.</p></body></html>")
+    return parts
+
+
+def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
+    """The report as one HTML string (every figure inline as base64 PNG)."""
+    parts = [*_head_and_data(result), *_analysis_sections(result), *_nomogram_sections(result),
+             *_dictionary_sections(result, data)]
     return "\n".join(parts)
 
 
