@@ -101,13 +101,12 @@ class _Clock:
 
 
 def _background(fn: Callable[..., Any], *args: Any) -> tuple[Future, ProcessPoolExecutor | None]:
-    """Run ``fn(*args)`` in a second process when there is a second core, else now. The
-    process is forked (no start-up cost) unless other Python threads run (e.g. a Dask client),
-    which a fork could catch holding a lock; then it is spawned."""
-    if (os.cpu_count() or 1) > 1:
-        fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if fork else "spawn")
-        pool = ProcessPoolExecutor(1, mp_context=ctx)
+    """Run ``fn(*args)`` in a forked process when there is a second core, else now. Not
+    forked while other Python threads run (e.g. a Dask client's): a fork could catch one
+    holding a lock."""
+    if ((os.cpu_count() or 1) > 1 and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods()):
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
         return pool.submit(fn, *args), pool
     fut: Future = Future()
     fut.set_result(fn(*args))
