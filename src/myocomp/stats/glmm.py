@@ -687,7 +687,7 @@ class MixedLogit:
     ) -> tuple[np.ndarray, float]:
         """``beta`` of the fixed-effects logistic fit (with ``start`` overrides) and ``theta``."""
         try:
-            beta0 = logistic_newton(dev.X, dev.y, trials=dev.m)[0]
+            beta0 = logistic_newton(dev.X, dev.y, trials=dev.m, covariance=False)[0]
         except np.linalg.LinAlgError:  # separation: the outer optimisation will report it
             beta0 = np.zeros(dev.X.shape[1])
         theta0 = 1.0

@@ -18,27 +18,30 @@ def logistic_newton(
     tol: float = 1e-9,
     maxiter: int = 50,
     trials: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    covariance: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Maximum-likelihood logistic regression by Newton-Raphson: ``(beta, covariance)``.
 
     ``X``: (n, p) design (with an intercept column if wanted); ``y``: (n,) successes, 0/1 for
     binary outcomes; ``trials``: (n,) binomial trials (default 1). The covariance is the
-    inverse information at the estimate. A start ``beta0`` that fails is retried from zero.
+    inverse information at the estimate (None with ``covariance=False``, which saves its
+    computation). A start ``beta0`` that fails is retried from zero.
     Raises ``np.linalg.LinAlgError`` on a singular information matrix or no convergence (e.g.
     separation).
     """
     m = np.ones(len(y)) if trials is None else np.asarray(trials, float)
     if beta0 is not None:
         try:
-            return _newton(X, y, m, np.array(beta0, float), tol, maxiter)
+            return _newton(X, y, m, np.array(beta0, float), tol, maxiter, covariance)
         except np.linalg.LinAlgError:
             pass
-    return _newton(X, y, m, np.zeros(X.shape[1]), tol, maxiter)
+    return _newton(X, y, m, np.zeros(X.shape[1]), tol, maxiter, covariance)
 
 
 def _newton(
-    X: np.ndarray, y: np.ndarray, m: np.ndarray, beta: np.ndarray, tol: float, maxiter: int
-) -> tuple[np.ndarray, np.ndarray]:
+    X: np.ndarray, y: np.ndarray, m: np.ndarray, beta: np.ndarray, tol: float, maxiter: int,
+    covariance: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     for _ in range(maxiter):
         p = expit(X @ beta)
         info = (X * (m * p * (1.0 - p))[:, None]).T @ X
@@ -50,6 +53,8 @@ def _newton(
         if not np.all(np.isfinite(beta)):
             break
         if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
+            if not covariance:
+                return beta, None
             p = expit(X @ beta)
             info = (X * (m * p * (1.0 - p))[:, None]).T @ X
             return beta, np.linalg.inv(info)

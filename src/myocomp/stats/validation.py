@@ -560,7 +560,7 @@ def validate_logistic(
         constant = np.ptp(xb, axis=0) == 0  # a rare level not drawn: zeros, or all ones
         if constant.sum() > 1 or not xb[:, constant].any(axis=0).all():
             raise np.linalg.LinAlgError("design matrix of the resample is rank deficient")
-        return logistic_newton(xb, yf[rows], start)[0]
+        return logistic_newton(xb, yf[rows], start, covariance=False)[0]
 
     def prob(beta: np.ndarray, xx: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(xx @ beta)))
