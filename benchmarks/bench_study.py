@@ -31,6 +31,10 @@ from myocomp.study.phenotypes import join_metrics, validate_phenotypes
 from myocomp.synth.cohort import simulate_cohort
 
 
+def _text(col: pd.Series) -> pd.Series:
+    return col.astype(object).where(col.notna(), "").astype(str)
+
+
 def table_difference(a: pd.DataFrame, b: pd.DataFrame) -> float:
     """Largest |a - b| / max(1, |b|) over numeric cells (inf if shapes, text or NaNs differ)."""
     if list(a.columns) != list(b.columns) or len(a) != len(b):
@@ -46,7 +50,7 @@ def table_difference(a: pd.DataFrame, b: pd.DataFrame) -> float:
             if ok.any():
                 worst = max(worst, float(np.max(np.abs(xv[ok] - yv[ok])
                                                 / np.maximum(1.0, np.abs(yv[ok])))))
-        elif not x.fillna("").astype(str).equals(y.fillna("").astype(str)):
+        elif not _text(x).equals(_text(y)):
             return np.inf
     return worst
 
