@@ -17,6 +17,7 @@ from myocomp.errors import DataError
 from myocomp.stats.validation import CalibrationFit, delong_auc, roc_curve
 
 __all__ = [
+    "pyplot",
     "plot_calibration",
     "plot_roc",
     "plot_pa",
@@ -30,7 +31,9 @@ _RED = "#b2182b"
 _GREY = "#6b6b6b"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend with the study's style (the one matplotlib
+    set-up of the presentation layer)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -66,7 +69,7 @@ def plot_pa(prevalence: pd.DataFrame, spline: pd.DataFrame, path: str | os.PathL
             breaks: tuple[float, float] = (500.0, 5000.0)) -> Path:
     """Two panels: CBP prevalence by PA category (Wilson 95 % CI, chi-square p) and the
     spline-smoothed probability of CBP against MET-min/week (log axis, 95 % CI band)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6),
                                    gridspec_kw={"width_ratios": [1, 1.5]})
     x = np.arange(len(prevalence))
@@ -106,7 +109,7 @@ def plot_forest(table: pd.DataFrame, path: str | os.PathLike[str], *, row_label:
                 title: str, terms: tuple[str, ...] = ("z_intermat", "z_lmm")) -> Path:
     """Forest plot of ORs (log axis) of ``terms``: one panel per term, one row per value of
     column ``row_label`` (e.g. model description or stratum), with OR [95 % CI] printed."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = table[table["term"].isin(terms)]
     labels = list(dict.fromkeys(rows[row_label]))
     height = max(2.4, 0.9 + 0.32 * len(labels))
@@ -166,7 +169,7 @@ def plot_interaction(predicted: pd.DataFrame, observed: pd.DataFrame,
     """Heatmap of the predicted CBP probability over (Z InterMAT, Z LMM) in [-2, 2]² from the
     interaction model (reference covariates, site effect 0), beside the observed prevalence in
     the 5 × 5 cells of the Z quintiles."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.2))
     zi = np.sort(predicted["z_intermat"].unique())
     zl = np.sort(predicted["z_lmm"].unique())
@@ -227,7 +230,7 @@ def plot_calibration(
     missing = {"mean_predicted", "observed", "lower", "upper"} - set(curve.columns)
     if missing:
         raise DataError(f"calibration curve table lacks columns {sorted(missing)}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     try:
         top = float(np.nanmax(curve[["mean_predicted", "upper"]].to_numpy()))
@@ -279,7 +282,7 @@ def plot_roc(
     DeLong CI in the legend; written atomically. Returns the path."""
     curve = roc_curve(y, p)
     res = delong_auc(y, p)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 5.0))
     try:
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)

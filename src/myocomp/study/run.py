@@ -197,6 +197,7 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
 
 
 def _nomogram_figures(nomo: an.NomogramAnalysis, fdir: Path) -> dict[str, Path]:
+    fg.pyplot()  # the study's matplotlib style, also in a freshly forked process
     nomo.nomogram.plot(fdir / "nomogram.png", fdir / "nomogram.svg",
                        outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
     return {
