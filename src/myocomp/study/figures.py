@@ -256,16 +256,8 @@ def plot_calibration(
                 va="top",
                 fontsize=9,
             )
-        ax.set_xlim(0, lim)
-        ax.set_ylim(0, lim)
-        ax.set_aspect("equal")
-        ax.set_xlabel("Predicted probability")
-        ax.set_ylabel("Observed proportion")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        return save_figure(fig, path, dpi)
+        return _square_axes(fig, ax, (lim, lim), ("Predicted probability", "Observed proportion"),
+                            8, title, path, dpi)
     finally:
         plt.close(fig)
 
@@ -293,15 +285,24 @@ def plot_roc(
             lw=1.5,
             label=f"AUC {res.auc:.3f} (95% CI {res.lower:.3f}-{res.upper:.3f})",
         )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.005)
-        ax.set_aspect("equal")
-        ax.set_xlabel("1 - specificity (false-positive rate)")
-        ax.set_ylabel("Sensitivity (true-positive rate)")
-        ax.legend(loc="lower right", fontsize=9, frameon=False)
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
-        return save_figure(fig, path, dpi)
+        return _square_axes(fig, ax, (1.0, 1.005), ("1 - specificity (false-positive rate)",
+                                                    "Sensitivity (true-positive rate)"),
+                            9, title, path, dpi)
     finally:
         plt.close(fig)
+
+
+def _square_axes(fig: Any, ax: Any, top: tuple[float, float], labels: tuple[str, str],
+                 legend_size: float, title: str | None, path: str | os.PathLike[str],
+                 dpi: int) -> Path:
+    """Equal-aspect axes from 0 to ``top``, labels, legend at lower right, title; saved."""
+    ax.set_xlim(0, top[0])
+    ax.set_ylim(0, top[1])
+    ax.set_aspect("equal")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.legend(loc="lower right", fontsize=legend_size, frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi)
