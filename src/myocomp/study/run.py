@@ -29,7 +29,9 @@ from myocomp import __version__
 from myocomp.errors import ConfigError
 from myocomp.io import write_json, write_table
 from myocomp.study import analyses as an
+from myocomp.study import calculator as calc
 from myocomp.study import figures as fg
+from myocomp.study.nomogram_figure import plot_nomogram
 from myocomp.study.phenotypes import (
     StudyConfig,
     join_metrics,
@@ -189,17 +191,20 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
             "formula": nomo.formula, "n": nomo.n, "n_dropped": nomo.n_dropped,
             "params": {k: float(v) for k, v in nomo.result.params.items()},
             "bse": {k: float(v) for k, v in nomo.result.bse.items()},
+            "cov_params": calc.covariance_dict(nomo.result),
             "auc": nomo.auc.auc,
         },
         "nomogram": nomo.nomogram.to_dict(),
         "reference_covariates": an.reference_covariates(d),
+        "interaction_heatmap": calc.heatmap_dict(computed.tables["interaction_predicted"]),
+        "created_utc": calc.utc_now(),
     }
 
 
 def _nomogram_figures(nomo: an.NomogramAnalysis, fdir: Path) -> dict[str, Path]:
     fg.pyplot()  # the study's matplotlib style, also in a freshly forked process
-    nomo.nomogram.plot(fdir / "nomogram.png", fdir / "nomogram.svg",
-                       outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
+    plot_nomogram(nomo.nomogram, fdir / "nomogram.png", fdir / "nomogram.svg",
+                  outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
     return {
         "nomogram": fdir / "nomogram.png",
         "nomogram_svg": fdir / "nomogram.svg",
@@ -245,13 +250,15 @@ def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir
 
 
 def write_outputs(result: StudyResult, computed: StudyTables, d: pd.DataFrame) -> StudyResult:
-    """Write ``tables/*.csv``, ``figures/*``, ``model.json`` and ``report.html`` of ``result``
+    """Write ``tables/*.csv``, ``figures/*``, ``model.json``, ``calculator.html`` and
+    ``report.html`` of ``result``
     (atomically; rerunning overwrites them). Fills ``result.figures``."""
     out = result.out_dir
     for name, table in result.tables.items():
         write_table(table, out / "tables" / f"{name}.csv")
     result.figures.update(write_figures(computed, result.config, d, out / "figures"))
     write_json(result.model, result.model_path)
+    calc.write_calculator(result.model_path, out / "calculator.html")
     write_report(result, d)
     return result
 
