@@ -201,11 +201,14 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
     }
 
 
-def _nomogram_figures(nomo: an.NomogramAnalysis, fdir: Path) -> dict[str, Path]:
+def _nomogram_and_pa_figures(nomo: an.NomogramAnalysis, prevalence: pd.DataFrame,
+                             spline: pd.DataFrame, pa_breaks: tuple[float, float], fdir: Path
+                             ) -> dict[str, Path]:
     fg.pyplot()  # the study's matplotlib style, also in a freshly forked process
     plot_nomogram(nomo.nomogram, fdir / "nomogram.png", fdir / "nomogram.svg",
                   outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
     return {
+        "pa": fg.plot_pa(prevalence, spline, fdir / "pa.png", pa_breaks),
         "nomogram": fdir / "nomogram.png",
         "nomogram_svg": fdir / "nomogram.svg",
         "calibration": fg.plot_calibration(
@@ -218,14 +221,14 @@ def _nomogram_figures(nomo: an.NomogramAnalysis, fdir: Path) -> dict[str, Path]:
 
 def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path
                   ) -> dict[str, Path]:
-    """Draw every figure of the study into ``fdir`` (the nomogram's three in a second process
-    when there is a second core); returns name -> path."""
+    """Draw every figure of the study into ``fdir`` (four of them in a second process when
+    there is a second core); returns name -> path."""
     tables = computed.tables
-    nomo_figs, pool = _background(_nomogram_figures, computed.nomogram, fdir)
+    fg.pyplot()  # imported once, before the fork
+    others, pool = _background(_nomogram_and_pa_figures, computed.nomogram,
+                               tables["pa_prevalence"], tables["met_spline"], cfg.pa_breaks, fdir)
     try:
         figs: dict[str, Path] = {}
-        figs["pa"] = fg.plot_pa(tables["pa_prevalence"], tables["met_spline"],
-                                fdir / "pa.png", cfg.pa_breaks)
         figs["forest_main"] = fg.plot_forest(
             tables["main_models"], fdir / "forest_main.png", row_label="description",
             title="Association of back-muscle composition with CBP (mixed logistic models)")
@@ -242,11 +245,13 @@ def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir
         figs["interaction"] = fg.plot_interaction(
             tables["interaction_predicted"], tables["interaction_observed"],
             fdir / "interaction.png", an.reference_covariates(d))
-        figs.update(nomo_figs.result())
+        figs.update(others.result())
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return figs
+    order = ["pa", "forest_main", "forest_strata", "forest_symptoms", "interaction", "nomogram",
+             "nomogram_svg", "calibration", "roc"]
+    return {k: figs[k] for k in order}
 
 
 def write_outputs(result: StudyResult, computed: StudyTables, d: pd.DataFrame) -> StudyResult:
