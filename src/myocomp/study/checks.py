@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from myocomp.errors import DataError
-from myocomp.study.phenotypes import METRIC_COLUMNS, StudyConfig, _to_numeric, _where
+from myocomp.study.phenotypes import STUDY_METRICS, StudyConfig, _to_numeric, _where
 
 __all__ = ["validate_metrics", "exclude_flagged", "check_estimable", "MIN_EVENTS"]
 
@@ -28,7 +28,7 @@ def validate_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     naming the column and the row (spreadsheet numbering, with the participant)."""
     m = metrics.reset_index(drop=True).copy()
     config = StudyConfig()
-    for col in (*METRIC_COLUMNS, "n_voxels", "voxel_volume_ml"):
+    for col in (*STUDY_METRICS, "n_voxels", "voxel_volume_ml"):
         if col not in m.columns:
             continue
         try:

@@ -35,7 +35,7 @@ import pandas as pd
 
 from myocomp import io
 from myocomp.errors import ConfigError, DataError, InputFileError
-from myocomp.imaging.composition import METRIC_COLUMNS
+from myocomp.imaging import composition
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -62,7 +62,7 @@ BINARY_COLUMNS: tuple[str, ...] = (
 )
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "bmi", "pain_intensity", "met_min_week", "height_cm")
 #: the metric columns (of :data:`myocomp.imaging.composition.METRIC_COLUMNS`) the study uses
-STUDY_METRICS: tuple[str, ...] = tuple(c for c in METRIC_COLUMNS if c in {
+STUDY_METRICS: tuple[str, ...] = tuple(c for c in composition.METRIC_COLUMNS if c in {
     "volume_ml", "ff_mean", "lean_volume_ml", "intermat_volume_ml", "intermat_fraction"})
 #: closed plausible ranges of numeric phenotypes (values outside are an error)
 RANGES: dict[str, tuple[float, float]] = {

@@ -30,6 +30,7 @@ from myocomp.errors import ConfigError
 from myocomp.io import write_json, write_table
 from myocomp.study import analyses as an
 from myocomp.study import calculator as calc
+from myocomp.study import checks
 from myocomp.study import figures as fg
 from myocomp.study.nomogram_figure import plot_nomogram
 from myocomp.study.phenotypes import (
@@ -297,9 +298,12 @@ def run_study(
     step = _Clock(timings)
     say("reading and validating phenotypes")
     pheno = validate_phenotypes(_as_table(data), cfg)
-    metric_table = None if metrics is None else _as_table(metrics)
+    metric_table = None if metrics is None else checks.validate_metrics(_as_table(metrics))
+    metric_table = checks.exclude_flagged(metric_table, cfg.include_flagged, say, cfg.group)
+    pheno = checks.exclude_flagged(pheno, cfg.include_flagged, say) if metrics is None else pheno
     joined, join = join_metrics(pheno, metric_table, group=cfg.group)
     d, zmodel = an.prepare_analysis_data(joined, cfg)
+    checks.check_estimable(d)
     step("input")
     with threadpool_limits(limits=1, user_api="blas"):
         computed = compute_tables(d, cfg, say)
