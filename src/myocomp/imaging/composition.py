@@ -148,6 +148,50 @@ def _band_voxels(
     return tuple(a + o for a, o in zip(local, lo, strict=True))
 
 
+def _band_sums(band_ff: np.ndarray, fat_threshold: float, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """(voxel count, adipose voxel count) of a band; invalid voxels assumed like the valid ones."""
+    band_ff = band_ff.astype(np.float64)
+    w = np.ones(band_ff.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    valid = np.isfinite(band_ff)
+    band_n, n_valid = float(w.sum()), float(w[valid].sum())
+    fat = float(w[valid][band_ff[valid] >= fat_threshold].sum())
+    return band_n, fat * band_n / n_valid if n_valid > 0 else 0.0
+
+
+def metric_row(
+    n: float, n_valid: float, ff_sum: float, n_fat: float, lean: float, ff_median: float,
+    band_n: float, band_fat: float, v: float, bmi: float | None,
+) -> dict[str, float]:
+    """The :data:`METRIC_COLUMNS` of one muscle/group from its (possibly fractionally weighted) sums.
+
+    ``n``/``n_valid``: voxels of M (all / with valid FF); ``ff_sum``, ``n_fat`` (FF >= tau) and
+    ``lean`` (sum of 1 - FF where FF < tau) over the valid voxels; ``band_n``/``band_fat``: band
+    voxels (all / adipose); ``v``: voxel volume (mL). The one home of the definitions in
+    DESIGN.md section 3 (used whole-volume here and per vertebral level in :mod:`levels`).
+    """
+    present = n > 0
+    scale = n / n_valid if n_valid > 0 else np.nan
+    intramuscular = n_fat * scale * v if present else np.nan
+    lean_ml = lean * scale * v if present else np.nan
+    perimuscular = band_fat * v if present else np.nan
+    intermat = intramuscular + perimuscular if present else np.nan
+    total_volume = (n + band_n) * v
+    return {
+        "volume_ml": n * v,
+        "ff_mean": ff_sum / n_valid if n_valid > 0 else np.nan,
+        "ff_median": ff_median,
+        "lean_volume_ml": lean_ml,
+        "intermat_volume_ml": intermat,
+        "intramuscular_fat_ml": intramuscular,
+        "perimuscular_fat_ml": perimuscular,
+        "intermat_fraction": intermat / total_volume if total_volume > 0 else np.nan,
+        "lmm": lean_ml / bmi if bmi is not None else np.nan,
+        "n_voxels": int(n) if float(n).is_integer() else n,
+        "voxel_volume_ml": v,
+        "n_invalid": int(n - n_valid) if float(n - n_valid).is_integer() else n - n_valid,
+    }
+
+
 def composition_metrics(
     ff: np.ndarray,
     labels: np.ndarray,
@@ -194,41 +238,14 @@ def composition_metrics(
 
     rows = []
     for name, ids in entities.items():
-        n = int(sums.n[ids].sum()) if ids else 0
-        n_valid = int(sums.n_valid[ids].sum()) if ids else 0
-        values = np.concatenate([sums.values[i] for i in ids]) if ids else np.empty(0)
-        scale = n / n_valid if n_valid else np.nan
-        intramuscular = float(sums.n_fat[ids].sum()) * scale * v if ids else np.nan
-        lean = float(sums.lean[ids].sum()) * scale * v if ids else np.nan
         band_n = band_fat = 0.0
         if band_mm > 0 and ids:
             band = _band_voxels(labels, ids, band_mm, tuple(voxel_size_mm))
-            band_ff = ff[band].astype(np.float64)
-            band_valid = band_ff[np.isfinite(band_ff)]
-            band_n = float(band[0].size)
-            if band_valid.size:
-                band_fat = float((band_valid >= fat_threshold).sum()) * band_n / band_valid.size
-        perimuscular = band_fat * v
-        intermat = intramuscular + perimuscular if ids else np.nan
-        total_volume = (n + band_n) * v
-        rows.append(
-            {
-                "group": name,
-                "level": "group" if name in groups else "muscle",
-                "volume_ml": n * v,
-                "ff_mean": float(sums.ff_sum[ids].sum()) / n_valid if n_valid else np.nan,
-                "ff_median": float(np.median(values)) if values.size else np.nan,
-                "lean_volume_ml": lean,
-                "intermat_volume_ml": intermat,
-                "intramuscular_fat_ml": intramuscular,
-                "perimuscular_fat_ml": perimuscular if ids else np.nan,
-                "intermat_fraction": intermat / total_volume if total_volume > 0 else np.nan,
-                "lmm": lean / bmi if bmi is not None else np.nan,
-                "n_voxels": n,
-                "voxel_volume_ml": v,
-                "n_invalid": n - n_valid,
-            }
-        )
+            band_n, band_fat = _band_sums(ff[band], fat_threshold)
+        values = np.concatenate([sums.values[i] for i in ids]) if ids else np.empty(0)
+        totals = [float(getattr(sums, key)[ids].sum()) if ids else 0.0 for key in ("n", "n_valid", "ff_sum", "n_fat", "lean")]
+        row = metric_row(*totals, float(np.median(values)) if values.size else np.nan, band_n, band_fat, v, bmi)
+        rows.append({"group": name, "level": "group" if name in groups else "muscle", **row})
     return pd.DataFrame(rows, columns=["group", "level", *METRIC_COLUMNS])
 
 

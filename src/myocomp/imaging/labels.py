@@ -350,6 +350,18 @@ def builtin_profiles() -> list[LabelProfile]:
     """Every built-in profile, in the order of :data:`BUILTIN_PROFILES`."""
     return [get_profile(name) for name in BUILTIN_PROFILES]
 
+# --- vertebra label profiles (vertebral levels, myocomp.imaging.levels) ---------------------
+# TotalSegmentator >= 2.5 MR task ``vertebrae_mr`` (totalsegmentator/map_to_binary.py,
+# class_map["vertebrae_mr"]): 1 sacrum, 2-6 L5-L1, 7-18 T12-T1, 19-25 C7-C1.
+_VERTEBRAE_MR_CAUDAL_TO_CRANIAL = (
+    *(f"L{i}" for i in range(5, 0, -1)), *(f"T{i}" for i in range(12, 0, -1)),
+    *(f"C{i}" for i in range(7, 0, -1)),
+)
+BUILTIN_PROFILES["totalsegmentator_vertebrae_mr"] = {
+    1: "sacrum", **{i: f"vertebrae_{v}" for i, v in enumerate(_VERTEBRAE_MR_CAUDAL_TO_CRANIAL, start=2)}
+}
+PROFILE_ALIASES["vertebrae_mr"] = "totalsegmentator_vertebrae_mr"
+
 
 def get_profile(name_or_path: str | Path) -> LabelProfile:
     """A built-in profile by name, or one read from an nnU-Net ``dataset.json`` / a user JSON file.

@@ -76,6 +76,9 @@ class Phantom:
     seed: int
     in_phase: np.ndarray | None = None
     opposed_phase: np.ndarray | None = None
+    vertebrae: np.ndarray | None = None  # vertebrae_mr ids (synth.vertebrae)
+    discs: np.ndarray | None = None  # vertebrae_mr id of the vertebra above each disc
+    fine: dict | None = None  # the noise-free fine model's per-slice sums (synth.vertebrae)
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
@@ -269,6 +272,7 @@ def make_phantom(
     bmi: float = 25.0,
     fat_threshold: float = 0.5,
     band_mm: float = 0.0,
+    tilt_deg: float = 0.0,
 ) -> Phantom:
     """Generate a lumbar-trunk Dixon phantom and its exact composition metrics.
 
@@ -298,6 +302,13 @@ def make_phantom(
         without autochthon / iliopsoas gets erector spinae / psoas major, as MuscleMap's).
     bmi : body-mass index (kg/m^2): sets fat thicknesses and the truth's ``lmm``.
     fat_threshold, band_mm : the metric parameters the truth is computed with.
+    tilt_deg : rotate the whole phantom (arrays unchanged, affine rotated about the world origin
+        about the axis (1, 1, 0)) by this angle: oblique storage with the body axis tilted in the
+        world. Level positions in ``truth["levels"]`` are along the body axis (= the rotated z).
+
+    Vertebrae (:mod:`myocomp.synth.vertebrae`): ``vertebrae`` holds per-vertebra labels in the
+    ``totalsegmentator_vertebrae_mr`` ids, ``discs`` the discs, ``truth["levels"]`` the true
+    vertebra extents, mid-vertebral CSAs and span metrics from the noise-free fine model.
 
     Returns
     -------
@@ -320,6 +331,8 @@ def make_phantom(
         length_mm,
         bmi,
     )
+    if not (math.isfinite(tilt_deg) and abs(tilt_deg) <= 40.0):
+        raise ConfigError(f"tilt_deg must lie in [-40, 40] degrees, got {tilt_deg}")
     from myocomp.imaging.composition import DEFINITIONS, composition_metrics
 
     names, lut, profile_name = _structure_ids(profile)
@@ -428,6 +441,9 @@ def make_phantom(
             arr.reshape(-1)[flat] = np.nan
 
     labels = lut[structure]
+    from myocomp.synth import vertebrae as vt
+
+    verts, discs = vt.vertebra_labels(anatomy, structure == STRUCTURES.index("spine"), x, y, z, dz)
     fine_size = (dx / ss, dy / ss, dz / ss)
     table = composition_metrics(
         ff_true,
@@ -444,10 +460,20 @@ def make_phantom(
         for row in table.to_dict(orient="records")
     }
 
+    fine_ml = float(np.prod(fine_size)) / 1000.0
+    fine_sums = vt.fine_profile(ff_true, st_true, fat_threshold)
+    fine = {"profile": fine_sums, "z": zf, "x": xf[cx0:cx1], "y": yf[cy0:cy1], "voxel_ml": fine_ml, "anatomy": anatomy}
+    levels_truth = vt.level_truth(
+        anatomy, fine_sums, zf, xf[cx0:cx1], yf[cy0:cy1], fine_ml, fat_threshold, z[0] - dz / 2, z[-1] + dz / 2
+    )
+    if tilt_deg:
+        affine = _rotation(tilt_deg) @ affine
     arrays = {
         "water": water,
         "fat": fat,
         "labels": labels,
+        "vertebrae": verts,
+        "discs": discs,
         "in_phase": in_phase,
         "opposed_phase": opposed_phase,
     }
@@ -474,17 +500,40 @@ def make_phantom(
         "truth_voxel_size_mm": list(fine_size),
         "fascia_mm": FASCIA_MM,
         "deposit_peak_ff": "1 - local muscle FF",
+        "tilt_deg": float(tilt_deg),
     }
     return Phantom(
         water=arrays["water"],
         fat=arrays["fat"],
         labels=arrays["labels"],
         affine=affine,
-        truth={"parameters": parameters, "metrics": metrics, "definitions": dict(DEFINITIONS)},
+        truth={"parameters": parameters, "metrics": metrics, "definitions": dict(DEFINITIONS),
+               "levels": _plain_tree(levels_truth)},
         seed=int(seed),
         in_phase=arrays["in_phase"],
         opposed_phase=arrays["opposed_phase"],
+        vertebrae=arrays["vertebrae"],
+        discs=arrays["discs"],
+        fine=fine,
     )
+
+
+def _rotation(tilt_deg: float) -> np.ndarray:
+    """4x4 rotation by ``tilt_deg`` about the axis (1, 1, 0) / sqrt(2) through the world origin."""
+    a = math.radians(tilt_deg)
+    k = np.array([1.0, 1.0, 0.0]) / math.sqrt(2.0)
+    cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    out = np.eye(4)
+    out[:3, :3] = np.eye(3) + math.sin(a) * cross + (1 - math.cos(a)) * cross @ cross
+    return out
+
+
+def _plain_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_tree(v) for v in value]
+    return _plain(value)
 
 
 def _plain(value: Any) -> Any:
@@ -501,7 +550,8 @@ def write_phantom(
     """Generate a phantom (:func:`make_phantom` options) and write it to ``out_dir``.
 
     Writes ``water.nii.gz``, ``fat.nii.gz``, ``labels.nii.gz`` (int16), ``in_phase.nii.gz``,
-    ``opposed_phase.nii.gz`` and ``truth.json``, each atomically. Returns role -> path
+    ``opposed_phase.nii.gz``, ``vertebrae.nii.gz`` (``totalsegmentator_vertebrae_mr`` ids),
+    ``discs.nii.gz`` and ``truth.json``, each atomically. Returns role -> path
     (roles ``water``, ``fat``, ``labels``, ``in_phase``, ``opposed_phase``, ``truth``).
     An already generated ``phantom`` is written as it is (then ``seed`` and options are unused).
     """
@@ -519,6 +569,8 @@ def write_phantom(
         "labels": phantom.labels.astype(np.int16),
         "in_phase": phantom.in_phase,
         "opposed_phase": phantom.opposed_phase,
+        "vertebrae": phantom.vertebrae,
+        "discs": phantom.discs,
     }
     paths = {
         role: Path(save_nifti(data, phantom.affine, out / f"{role}.nii.gz"))
