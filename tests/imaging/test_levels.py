@@ -158,7 +158,7 @@ def test_unlabelled_vertebra_with_shifted_labels_is_an_error():
     # L3 left unlabelled; everything below it named one level higher (the classic off-by-one)
     for name, new in (("T12", "T12"), ("L1", "L1"), ("L2", "L2"), ("L4", "L3"), ("L5", "L4")):
         out[verts == VNAMES_ID[name]] = VNAMES_ID[new]
-    with pytest.raises(LabelError, match="unlabelled vertebra lies between L2 and L3"):
+    with pytest.raises(LabelError, match="L2 and L3 are .* apart.*unlabelled vertebra"):
         find_levels(out, ph.affine, VNAMES)
 
 
@@ -190,3 +190,70 @@ def test_out_of_order_is_an_error():
 
 
 VNAMES_ID = {"S1": 1, **{f"L{i}": 7 - i for i in range(1, 6)}, **{f"T{i}": 19 - i for i in range(1, 13)}}
+
+
+def crop(ph, z_lo, z_hi):
+    """The RAS phantom's slices whose centres lie in [z_lo, z_hi] (mm): water, fat, labels, vertebrae, affine."""
+    z = ph.affine[2, 3] + ph.affine[2, 2] * np.arange(ph.water.shape[2])
+    k = np.flatnonzero((z >= z_lo) & (z <= z_hi))
+    affine = ph.affine.copy()
+    affine[:3, 3] = ph.affine[:3, :3] @ [0, 0, k[0]] + ph.affine[:3, 3]
+    part = np.s_[:, :, k[0] : k[-1] + 1]
+    return ph.water[part], ph.fat[part], ph.labels[part], ph.vertebrae[part], affine
+
+
+def run_quantify(water, fat, labels, verts, affine, groups=("back", "psoas"), height_cm=None):
+    from myocomp.imaging.composition import quantify
+
+    dixon = dixon_from_arrays(water, fat, affine)
+    labelmap = labelmap_from_array(labels, affine, "mrsegmentator", reference=dixon)
+    vmap = vertebrae_from_array(verts, affine, "vertebrae_mr", reference=dixon) if verts is not None else None
+    return quantify(dixon, labelmap, groups=groups, vertebrae=vmap, height_cm=height_cm, noise_floor=0.0)
+
+
+def test_cropped_phantom_gives_the_same_coverage_normalised_back_volume():
+    ph = phantom()
+    truth = {v["name"]: v for v in ph.truth["levels"]["vertebrae"]}
+    lo, hi = truth["L4"]["disc_below_mm"][0] + 4.5, truth["L2"]["top_mm"] + 4.5  # mid-disc L4/L5 to mid-disc L1/L2
+    groups = ("back", "psoas", "back_L2_L4")
+    full = run_quantify(ph.water, ph.fat, ph.labels, ph.vertebrae, ph.affine, groups).metrics.set_index("group")
+    cut = run_quantify(*crop(ph, lo, hi), groups).metrics.set_index("group")
+    for column in ("volume_ml", "lean_volume_ml", "intermat_volume_ml", "ff_mean"):
+        assert cut.loc["back_L2_L4", column] == pytest.approx(full.loc["back_L2_L4", column], rel=0.01), column
+    assert not cut.loc["back_L2_L4", "qc_truncated_fov"]
+    assert not full.loc["back_L2_L4", "qc_truncated_fov"]
+    assert cut.loc["back", "volume_ml"] < 0.7 * full.loc["back", "volume_ml"]
+    assert cut.loc["back", "qc_truncated_fov"] and cut.loc["autochthon_left", "qc_truncated_fov"]
+    # the whole-FOV phantom's muscles also run off its ends; the span rows do not
+    assert full.loc["back", "qc_truncated_fov"]
+    vertebrae_only = {"L2", "L3", "L4"}
+    true = vt.truth_between(ph.fine["profile"], ph.fine["z"], ph.fine["voxel_ml"], "back",
+                            truth["L4"]["bottom_mm"], truth["L2"]["top_mm"])
+    assert cut.loc["back_L2_L4", "volume_ml"] == pytest.approx(true["volume_ml"], rel=0.03)
+    assert vertebrae_only  # L1 and L5 are not in the crop:
+    cropped = run_quantify(*crop(ph, lo, hi), ("back_L1_L5",)).metrics.set_index("group")
+    assert np.isnan(cropped.loc["back_L1_L5", "volume_ml"]) and cropped.loc["back_L1_L5", "qc_truncated_fov"]
+
+
+def test_smi_l3_and_its_provenance():
+    ph = phantom()
+    result = run_quantify(ph.water, ph.fat, ph.labels, ph.vertebrae, ph.affine, height_cm=175.0)
+    l3 = result.levels.query("kind == 'slice' and level == 'L3' and muscle == 'all'").iloc[0]
+    smi = result.metrics["smi_l3_cm2_m2"]
+    assert smi.nunique() == 1
+    assert smi.iloc[0] == pytest.approx(l3.csa_cm2 / 1.75**2)
+    true = vt.truth_csa(ph.fine["anatomy"], ph.fine["x"], ph.fine["y"], ph.truth["levels"]["vertebrae"][0]["centre_mm"], 0.5)
+    assert true["all"]["csa_cm2"] > 0
+    info = result.provenance["smi"]
+    assert info["partial"] and "partial SMI" in info["note"]
+    assert info["muscles"] == ["autochthon_left", "autochthon_right", "iliopsoas_left", "iliopsoas_right"]
+    no_height = run_quantify(ph.water, ph.fat, ph.labels, ph.vertebrae, ph.affine)
+    assert no_height.metrics["smi_l3_cm2_m2"].isna().all()
+    with pytest.raises(Exception, match="height"):
+        run_quantify(ph.water, ph.fat, ph.labels, ph.vertebrae, ph.affine, height_cm=17.5)
+
+
+def test_level_group_without_vertebrae_is_an_error():
+    ph = phantom()
+    with pytest.raises(LabelError, match="needs a vertebra label map"):
+        run_quantify(ph.water, ph.fat, ph.labels, None, ph.affine, ("back_L1_L5",))

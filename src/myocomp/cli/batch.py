@@ -104,7 +104,7 @@ def batch(
     groups: str | None = typer.Option(
         None,
         "--groups",
-        help="Comma-separated groups: back, psoas, gluteal, all (default back,psoas).",
+        help="Comma-separated groups: back, psoas, gluteal, all (default back,psoas); with a manifest column vertebrae also level groups such as back_L1_L5.",
     ),
     volume_range: list[str] | None = typer.Option(
         None, "--volume-range", help="Plausible volume for QC, GROUP=LOW:HIGH in mL (repeatable)."
@@ -143,7 +143,9 @@ def batch(
     group_tuple = (
         parse_groups(groups_value) if isinstance(groups_value, str) else tuple(groups_value)
     )
-    unknown_groups = [g for g in group_tuple if g not in GROUP_BASES]
+    from myocomp.imaging.levels import parse_level_group
+
+    unknown_groups = [g for g in group_tuple if g not in GROUP_BASES and parse_level_group(g) is None]
     if unknown_groups:
         raise ConfigError(
             f"unknown group(s) {', '.join(unknown_groups)}; known: {', '.join(GROUP_BASES)}"

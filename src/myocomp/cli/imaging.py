@@ -71,7 +71,7 @@ def quantify(
     bmi: float | None = typer.Option(None, "--bmi", help="Body-mass index (kg/m^2); needed for lmm, which stays empty without it."),
     fat_threshold: float = typer.Option(0.5, "--fat-threshold", help="Fat fraction tau (0-1) at and above which a voxel is adipose (InterMAT)."),
     band_mm: float = typer.Option(0.0, "--band-mm", help="Perimuscular band width in mm: unlabelled voxels this close to the muscle count towards InterMAT (0: none)."),
-    groups: str = typer.Option("back,psoas", "--groups", help="Comma-separated groups: back, psoas, gluteal, all."),
+    groups: str = typer.Option("back,psoas", "--groups", help="Comma-separated groups: back, psoas, gluteal, all; with --vertebrae also level groups such as back_L1_L5 (the group between the top of L1 and the bottom of L5)."),
     slices: Path | None = typer.Option(None, "--slices", help="Also write the per-slice profile (csa_cm2 per slice and muscle) to this table."),
     provenance: Path | None = typer.Option(None, "--provenance", help="Also write parameters, definitions and versions as JSON."),
     fat_is_dark: bool = typer.Option(False, "--fat-is-dark", help="Single-contrast mode only: fat is the darker class (e.g. fat-suppressed T2)."),
@@ -79,6 +79,11 @@ def quantify(
     ff_map: Path | None = typer.Option(None, "--ff-map", help="Vendor fat-fraction/PDFF map (NIfTI, or a DICOM folder with one fat-fraction series) used as the fat fraction instead of --water/--fat."),
     ff_units: str = typer.Option("auto", "--ff-units", help="Units of --ff-map: auto (fraction if values <= 1.05, percent if <= 105), fraction or percent."),
     echoes: Path | None = typer.Option(None, "--echoes", help="Multi-echo folder (BIDS NIfTI with sidecars, or DICOM): run 'myocomp separate' first and use its PDFF."),
+    vertebrae: Path | None = typer.Option(None, "--vertebrae", help="Vertebra label map (NIfTI) on the same grid: enables --levels, groups such as back_L1_L5 and the L3 SMI."),
+    vertebrae_profile: str = typer.Option("totalsegmentator_vertebrae_mr", "--vertebrae-profile", help="Label profile of --vertebrae: totalsegmentator_vertebrae_mr (vertebrae_mr: 1 sacrum, 2-6 L5-L1, 7-18 T12-T1), or a {id: name} JSON file (names like vertebrae_L3, sacrum)."),
+    levels: Path | None = typer.Option(None, "--levels", help="Also write the per-level table (mid-vertebral slice and span between mid-vertebral planes, T12-S1, per muscle and group); needs --vertebrae."),
+    level_axis: str = typer.Option("world", "--level-axis", help="Cranio-caudal axis of the levels: world (world S, axial cross-sections) or spine (fitted to the vertebra centroids, for a tilted patient)."),
+    height_cm: float | None = typer.Option(None, "--height-cm", help="Body height (cm): with --vertebrae gives smi_l3_cm2_m2 (muscle CSA at mid-L3 / height^2)."),
 ) -> None:
     """Per-muscle and per-group volume, fat fraction, lean volume, InterMAT and LMM of one scan.
 
@@ -99,13 +104,21 @@ def quantify(
     if slices is not None:
         check_table_suffix(slices, "--slices")
     check_options({"--fat-threshold": fat_threshold, "--band-mm": band_mm, "--bmi": bmi})
+    if levels is not None:
+        check_table_suffix(levels, "--levels")
+        if vertebrae is None:
+            raise DataError("--levels needs --vertebrae (a vertebra label map)")
+    if level_axis not in ("world", "spine"):
+        raise DataError(f"--level-axis must be world or spine, got {level_axis!r}")
     group_tuple = parse_groups(groups)
     images = {"water": water, "fat": fat, "in_phase": in_phase, "opposed_phase": opposed_phase}
     inputs = {f"--{k.replace('_', '-')}": v for k, v in images.items()} | {"--labels": labels}
     inputs |= {"--ff-map": ff_map, "--echoes": echoes}
     if Path(profile).is_file():
         inputs["--profile"] = Path(profile)
-    check_output_paths({"--out": out, "--slices": slices, "--provenance": provenance}, inputs)
+    if vertebrae is not None:
+        inputs["--vertebrae"] = vertebrae
+    check_output_paths({"--out": out, "--slices": slices, "--provenance": provenance, "--levels": levels}, inputs)
     label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
     dixon, method = _ff_input(ff_map, ff_units, echoes, water, fat, in_phase)
     if dixon is None:
@@ -117,6 +130,11 @@ def quantify(
         role, reason = signal.errors[0]
         raise DataError(reason, source=images.get(role) or ff_map or echoes)
     labelmap = load_labels(labels, label_profile, reference=dixon, anatomy_check=not skip_anatomy_check)
+    vertebra_map = None
+    if vertebrae is not None:
+        from myocomp.imaging.levels import load_vertebrae
+
+        vertebra_map = load_vertebrae(vertebrae, get_profile(vertebrae_profile), reference=dixon, axis=level_axis)
     result = run_quantify(
         dixon,
         labelmap,
@@ -127,6 +145,9 @@ def quantify(
         participant_id=participant_id,
         with_slices=slices is not None,
         fat_is_bright=not fat_is_dark,
+        vertebrae=vertebra_map,
+        height_cm=height_cm,
+        level_axis=level_axis,
     )
     if method is not None:
         result.metrics["method"] = method
@@ -138,6 +159,8 @@ def quantify(
         write_table(metrics, stage.file(out))
         if slices is not None and result.slices is not None:
             write_table(result.slices, stage.file(slices))
+        if levels is not None and result.levels is not None:
+            write_table(result.levels, stage.file(levels))
         if provenance is not None:
             write_json(record, stage.file(provenance))
     name = participant_id or Path(water or ff_map or echoes).name

@@ -365,6 +365,7 @@ class QuantifyResult:
     metrics: pd.DataFrame
     slices: pd.DataFrame | None
     provenance: dict[str, Any]
+    levels: pd.DataFrame | None = None  # per vertebral level (with a vertebra map)
 
 
 def _muscle_box(labels: np.ndarray, ids: list[int], margin: tuple[int, int, int]) -> tuple[slice, ...]:
@@ -391,6 +392,9 @@ def quantify(
     with_slices: bool = True,
     noise_floor: float | None = None,
     fat_is_bright: bool = True,
+    vertebrae: LabelMap | None = None,
+    height_cm: float | None = None,
+    level_axis: Any = "world",
 ) -> QuantifyResult:
     """Composition metrics (and the per-slice profile) of one participant.
 
@@ -399,8 +403,19 @@ def quantify(
     'fat fraction' is the posterior of the fat class of a 2-class Gaussian mixture fitted to the
     intensities inside the muscles (:func:`gmm_fat_probability`): approximate, and marked so in
     the ``method`` column. Work is confined to the bounding box of the muscles (plus the band).
+
+    With a ``vertebrae`` label map on the same grid (:mod:`myocomp.imaging.levels`): the
+    per-level table ``levels``, coverage-normalised groups such as ``back_L1_L5`` in ``groups``,
+    and with ``height_cm`` the L3 skeletal-muscle index ``smi_l3_cm2_m2``. Every metrics row has
+    ``qc_truncated_fov``: its muscles touch the first or last slice (axis 2) of the image.
     """
-    groups = tuple(groups)
+    from myocomp.imaging import levels as lv
+
+    level_groups = tuple(g for g in groups if lv.parse_level_group(g) is not None)
+    if level_groups and vertebrae is None:
+        raise LabelError(f"group {level_groups[0]} needs a vertebra label map (--vertebrae)")
+    plain = tuple(g for g in groups if g not in level_groups)
+    groups = plain or tuple(dict.fromkeys(lv.parse_level_group(g)[0] for g in level_groups))
     _check_params(fat_threshold, band_mm, bmi)
     if labelmap.data.shape != dixon.shape or not same_grid(labelmap.affine, dixon.affine, shape=dixon.shape):
         raise GeometryError("label map and images are not on the same grid")
@@ -431,6 +446,16 @@ def quantify(
     metrics = composition_metrics(
         ff, labels, names, spacing, bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=groups
     )
+    metrics["qc_truncated_fov"] = _touches_fov_ends(metrics, labelmap.data, names)
+    level_table, level_info = None, {}
+    if vertebrae is not None:
+        level_table, extra, level_info = _levels(
+            ff, labels, names, affine, vertebrae, groups, level_groups, fat_threshold, band_mm, bmi,
+            (box[2].start == 0, box[2].stop == labelmap.data.shape[2]), height_cm, level_axis,
+        )
+        metrics = pd.concat([metrics, extra], ignore_index=True) if len(extra) else metrics
+        level_table.insert(0, "participant_id", participant_id)
+    metrics["smi_l3_cm2_m2"] = level_info.get("smi", {}).get("smi_l3_cm2_m2", np.nan)
     metrics.insert(0, "participant_id", participant_id)
     metrics["method"] = method
     slices = None
@@ -448,17 +473,47 @@ def quantify(
             "label_check": labelmap.anatomy,
             "fat_fraction_method": method,
             "noise_floor": floor,
+            "height_cm": height_cm,
+            "vertebra_profile": vertebrae.profile.name if vertebrae is not None else None,
         },
+        **level_info,
         "geometry": {
             "shape": list(dixon.shape),
             "spacing_mm": list(spacing),
             "voxel_volume_ml": dixon.voxel_volume_ml,
             "orientation": "RAS+ (closest canonical)",
         },
-        "definitions": DEFINITIONS,
+        "definitions": {**DEFINITIONS, **lv.DEFINITIONS},
         "versions": _versions(),
     }
-    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance)
+    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance, levels=level_table)
+
+
+def _touches_fov_ends(metrics: pd.DataFrame, labels: np.ndarray, names: dict[int, str]) -> pd.Series:
+    """Per metrics row: does a muscle of it touch the first or last slice (axis 2, cranio-caudal)?"""
+    ends = np.union1d(np.unique(labels[:, :, 0]), np.unique(labels[:, :, -1]))
+    at_end = {names[int(i)] for i in ends if int(i) in names and is_muscle(names[int(i)])}
+    muscles = [n for n in names.values() if is_muscle(n)]
+
+    def cut(row) -> bool:
+        members = group_members(row["group"], muscles) if row["level"] == "group" else [row["group"]]
+        return bool(at_end.intersection(members))
+
+    return metrics.apply(cut, axis=1).astype(bool) if len(metrics) else pd.Series([], dtype=bool)
+
+
+def _levels(ff, labels, names, affine, vertebrae, groups, level_groups, fat_threshold, band_mm, bmi,
+            edge_slices, height_cm, axis):
+    """(level table, level-group rows, provenance entries) of :func:`quantify`."""
+    from myocomp.imaging import levels as lv
+
+    found = lv.find_levels(vertebrae.data, vertebrae.affine, vertebrae.profile.ids, axis=axis, source="vertebra map")
+    table, extra = lv.level_metrics(
+        ff, labels, names, affine, found, groups=groups, level_groups=level_groups,
+        fat_threshold=fat_threshold, band_mm=band_mm, bmi=bmi, edge_slices=edge_slices,
+    )
+    smi = lv.smi_l3(table, height_cm)
+    return table, extra, {"levels": found.to_dict(), "smi": smi}
 
 
 def _entity_muscles(names: dict[int, str], groups: tuple[str, ...]) -> set[str]:

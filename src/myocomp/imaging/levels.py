@@ -589,7 +589,7 @@ def _band_sums_weighted(band_ff: np.ndarray, w: np.ndarray, fat_threshold: float
     return _band_sums(band_ff, fat_threshold, weights=w)
 
 
-def smi_l3(table: pd.DataFrame, height_cm: float | None, names: dict[int, str]) -> dict[str, Any]:
+def smi_l3(table: pd.DataFrame, height_cm: float | None) -> dict[str, Any]:
     """L3 skeletal-muscle index from a level table: CSA of all muscle labels at mid-L3 / height^2.
 
     Returns ``{"smi_l3_cm2_m2", "csa_l3_cm2", "muscles", "partial", "note"}``; the SMI is NaN

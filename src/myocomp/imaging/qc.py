@@ -21,6 +21,9 @@ Flags (columns of ``metrics.parquet``, True = suspicious):
     The signals are suspicious though usable: water or fat negative in more than
     ``max_negative_fraction`` of tissue voxels, or an in-phase image that departs from W + F by
     more than ``phase_tolerance`` (median ratio where water and fat are both large).
+``qc_truncated_fov`` (per row, set by :func:`myocomp.imaging.composition.quantify`)
+    A muscle of the row touches the first or last slice (cranio-caudal): its volume is cut by
+    the field of view (coverage-normalised groups such as ``back_L1_L5`` avoid this).
 
 ``qc_notes`` says in words why a participant was flagged.
 
@@ -47,6 +50,7 @@ from myocomp.imaging.dixon import voxel_spacing
 
 FLAG_COLUMNS = (
     "qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry", "qc_signal",
+    "qc_truncated_fov",
 )
 
 #: Plausible volume ranges (mL) of whole-body scans; configure for partial fields of view.
@@ -378,6 +382,11 @@ def add_flag_columns(
     notes = list(flags.notes)
     for _, row in out[out["qc_volume_out_of_range"]].iterrows():
         notes.append(f"{row['group']} volume {row['volume_ml']:.1f} mL outside plausible range")
+    if "qc_truncated_fov" not in out.columns:
+        out["qc_truncated_fov"] = False
+    cut = out.loc[out["qc_truncated_fov"].astype(bool) & out["level"].eq("group"), "group"].tolist()
+    if cut:
+        notes.append(f"{', '.join(cut)} cut by the field of view (touches the first or last slice)")
     out["qc_notes"] = "; ".join(notes)
     return out
 

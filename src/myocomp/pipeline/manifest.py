@@ -21,6 +21,10 @@ Image source, exactly one per row:
     A precomputed label map and the label profile naming its ids (``mrsegmentator``, ...,
     or a dataset.json / mapping file). Without ``labels`` the batch segments with ``--model``.
 ``bmi`` (optional, kg/m^2, > 0), ``site`` (optional, free text).
+``vertebrae``, ``vertebrae_profile``, ``height_cm`` (optional)
+    A vertebra label map on the image grid (per-level metrics ``levels.parquet``, groups such as
+    ``back_L1_L5``), its profile (default ``totalsegmentator_vertebrae_mr``), and the body
+    height in cm (100-250) for the L3 skeletal-muscle index.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ COLUMNS = (
     "profile",
     "bmi",
     "site",
+    "vertebrae",
+    "vertebrae_profile",
+    "height_cm",
 )
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STATION_FILE = re.compile(r"^(water|fat|in_phase|opposed_phase)_(\d+)\.nii(\.gz)?$")
@@ -89,6 +96,9 @@ class Participant:
     bmi: float | None = None
     site: str | None = None
     line: int = 0
+    vertebrae: Path | None = None
+    vertebrae_profile: str | None = None
+    height_cm: float | None = None
 
     def input_files(self) -> dict[str, list[Path]]:
         """Input files by role (for hashing). A DICOM folder lists every file below it, sorted."""
@@ -111,6 +121,8 @@ class Participant:
                 files[f"{ch}_stations"] = list(paths)
         if self.labels is not None:
             files["labels"] = [self.labels]
+        if self.vertebrae is not None:
+            files["vertebrae"] = [self.vertebrae]
         if self.profile is not None and _looks_like_path(self.profile):
             files["profile"] = [Path(self.profile)]
         return files
@@ -320,6 +332,7 @@ def _parse_row(
         else:
             if not math.isfinite(bmi) or bmi <= 0:
                 problems.append(f"bmi {row['bmi']!r} must be a positive number (kg/m^2)")
+    vertebrae, vertebrae_profile, height_cm = _parse_levels(row, base, file, problems)
     if problems or not kind:
         return None
     return Participant(
@@ -338,7 +351,31 @@ def _parse_row(
         bmi=bmi,
         site=row.get("site") or None,
         line=lineno,
+        vertebrae=vertebrae,
+        vertebrae_profile=vertebrae_profile,
+        height_cm=height_cm,
     )
+
+
+def _parse_levels(row: dict[str, str], base: Path, file, problems: list[str]):
+    """(vertebrae path, vertebrae profile, height in cm) of a row; problems appended."""
+    vertebrae = file("vertebrae")
+    profile = row.get("vertebrae_profile") or None
+    if profile and _looks_like_path(profile):
+        profile = str(_resolve(base, profile))
+        if not Path(profile).is_file():
+            problems.append(f"vertebrae_profile: file not found: {profile}")
+    height: float | None = None
+    if row.get("height_cm"):
+        try:
+            height = float(row["height_cm"])
+        except ValueError:
+            problems.append(f"height_cm {row['height_cm']!r} is not a number")
+        else:
+            if not (math.isfinite(height) and 100.0 <= height <= 250.0):
+                problems.append(f"height_cm {row['height_cm']!r} must lie in 100-250 (cm)")
+                height = None
+    return vertebrae, profile, height
 
 
 def _parse_stations(

@@ -55,6 +55,8 @@ class BatchParams:
                 "profile": p.profile,
                 "bmi": p.bmi,
                 "labels_from": "file" if p.labels else "model",
+                "vertebrae_profile": p.vertebrae_profile if p.vertebrae else None,
+                "height_cm": p.height_cm,
             }
         )
         return d
@@ -156,6 +158,12 @@ def process_participant(
             stage = "segment"
             raise LabelError("no labels in the manifest row and no --model to segment with")
 
+        vertebrae = None
+        if p.vertebrae is not None:
+            from myocomp.imaging.levels import DEFAULT_VERTEBRA_PROFILE, load_vertebrae
+
+            vertebrae = load_vertebrae(p.vertebrae, p.vertebrae_profile or DEFAULT_VERTEBRA_PROFILE, reference=dixon)
+
         stage = "quantify"
         from myocomp.imaging.composition import quantify
 
@@ -167,6 +175,8 @@ def process_participant(
             band_mm=params.band_mm,
             groups=params.groups,
             participant_id=pid,
+            vertebrae=vertebrae,
+            height_cm=p.height_cm,
         )
         if p.kind in ("ff_map", "echoes"):
             result.metrics["method"] = "ff_map" if p.kind == "ff_map" else "separated_pdff"
@@ -190,6 +200,9 @@ def process_participant(
             result.slices if result.slices is not None else metrics.iloc[0:0][["participant_id"]]
         )
         write_table(slices, store.path(pid, "slices.parquet"))
+        store.path(pid, "levels.parquet").unlink(missing_ok=True)
+        if result.levels is not None:
+            write_table(result.levels, store.path(pid, "levels.parquet"))
         with atomic_path(store.path(pid, "qc.png")) as tmp:
             tmp.write_bytes(png)
         seconds = time.perf_counter() - start
