@@ -257,3 +257,44 @@ def test_level_group_without_vertebrae_is_an_error():
     ph = phantom()
     with pytest.raises(LabelError, match="needs a vertebra label map"):
         run_quantify(ph.water, ph.fat, ph.labels, None, ph.affine, ("back_L1_L5",))
+
+
+def test_quantify_cli_writes_levels_level_groups_and_smi(tmp_path, capsys):
+    import pandas as pd
+
+    from myocomp.cli import main
+    from myocomp.synth.phantom import write_phantom
+
+    ph = phantom(0, (2.0, 2.0, 4.0), "LPS")
+    paths = write_phantom(tmp_path / "ph", phantom=ph)
+    assert paths["vertebrae"].is_file() and paths["discs"].is_file()
+    base = ["quantify", "--water", str(paths["water"]), "--fat", str(paths["fat"]), "--labels", str(paths["labels"])]
+    out, levels = tmp_path / "m.csv", tmp_path / "levels.csv"
+    code = main([*base, "--out", str(out), "--vertebrae", str(paths["vertebrae"]), "--levels", str(levels),
+                 "--groups", "back,psoas,back_L1_L5", "--height-cm", "180", "--provenance", str(tmp_path / "p.json")])
+    assert code == 0, capsys.readouterr().err
+    table = pd.read_csv(levels)
+    assert set(table.query("kind == 'slice'")["level"]) >= {"T12", "L1", "L2", "L3", "L4", "L5", "S1"}
+    assert {"L3-L4", "L4-L5", "L5-S1"} <= set(table.query("kind == 'span'")["level"])
+    metrics = pd.read_csv(out).set_index("group")
+    assert metrics.loc["back_L1_L5", "volume_ml"] < metrics.loc["back", "volume_ml"]
+    assert not metrics.loc["back_L1_L5", "qc_truncated_fov"] and metrics.loc["back", "qc_truncated_fov"]
+    l3 = table.query("kind == 'slice' and level == 'L3' and muscle == 'all'")["csa_cm2"].iloc[0]
+    assert metrics["smi_l3_cm2_m2"].iloc[0] == pytest.approx(l3 / 1.8**2)
+    # bad inputs: one line, exit 2, nothing written
+    verts = np.asarray(__import__("nibabel").load(paths["vertebrae"]).dataobj).copy()
+    verts[verts == VNAMES_ID["L3"]] = 0
+    from myocomp.io import save_nifti
+
+    save_nifti(verts, __import__("nibabel").load(paths["vertebrae"]).affine, tmp_path / "missing.nii.gz")
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    code = main([*base, "--out", str(bad), "--vertebrae", str(tmp_path / "missing.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and not bad.exists()
+    assert err.startswith("error: ") and "missing.nii.gz" in err and "L3 missing between L2 and L4" in err
+    assert len(err.strip().splitlines()) == 1
+    code = main([*base, "--out", str(bad), "--levels", str(tmp_path / "l.csv")])
+    assert code == 2 and "--levels needs --vertebrae" in capsys.readouterr().err
+    code = main([*base, "--out", str(bad), "--groups", "back_L1_L5"])
+    assert code == 2 and "needs a vertebra label map" in capsys.readouterr().err

@@ -375,13 +375,21 @@ def _check_levels(vertebrae: list[Vertebra], source: str | None) -> None:
 
 
 def load_vertebrae(
-    path: str | Path, profile: LabelProfile | str = DEFAULT_VERTEBRA_PROFILE, reference: Any | None = None
+    path: str | Path,
+    profile: LabelProfile | str = DEFAULT_VERTEBRA_PROFILE,
+    reference: Any | None = None,
+    axis: Any = "world",
 ) -> LabelMap:
-    """Load a vertebra label map NIfTI onto the canonical grid of ``reference`` (a DixonVolume)."""
+    """Load a vertebra label map NIfTI onto the canonical grid of ``reference`` (a DixonVolume).
+
+    The levels are checked here (:func:`find_levels` with ``axis``), so errors name the file.
+    """
     from myocomp.imaging.dixon import load_nifti
 
     img = load_nifti(path, role="vertebra map")
-    return vertebrae_from_array(np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path))
+    vmap = vertebrae_from_array(np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path))
+    find_levels(vmap.data, vmap.affine, vmap.profile.ids, axis=axis, source=str(path))
+    return vmap
 
 
 def vertebrae_from_array(
