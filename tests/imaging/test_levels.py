@@ -298,3 +298,21 @@ def test_quantify_cli_writes_levels_level_groups_and_smi(tmp_path, capsys):
     assert code == 2 and "--levels needs --vertebrae" in capsys.readouterr().err
     code = main([*base, "--out", str(bad), "--groups", "back_L1_L5"])
     assert code == 2 and "needs a vertebra label map" in capsys.readouterr().err
+
+
+def test_study_joins_a_coverage_normalised_group():
+    import pandas as pd
+
+    from myocomp.study.phenotypes import StudyConfig, join_metrics, validate_phenotypes
+    from myocomp.synth.cohort import simulate_cohort
+
+    ph = phantom()
+    one = run_quantify(ph.water, ph.fat, ph.labels, ph.vertebrae, ph.affine, ("back", "back_L1_L5")).metrics
+    pheno = validate_phenotypes(simulate_cohort(50, seed=1).data).iloc[:3]
+    pheno = pheno.drop(columns=[c for c in pheno.columns if c.endswith("_ml") or c == "group"], errors="ignore")
+    metrics = pd.concat([one.assign(participant_id=pid) for pid in pheno["participant_id"]], ignore_index=True)
+    assert StudyConfig(group="back_L1_L5").group == "back_L1_L5"
+    joined, report = join_metrics(pheno, metrics, group="back_L1_L5")
+    restricted = one.set_index("group").loc["back_L1_L5", "lean_volume_ml"]
+    assert report.n_joined == 3 and np.allclose(joined["lean_volume_ml"], restricted)
+    assert not np.isclose(restricted, one.set_index("group").loc["back", "lean_volume_ml"])
