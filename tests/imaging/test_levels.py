@@ -265,7 +265,7 @@ def test_quantify_cli_writes_levels_level_groups_and_smi(tmp_path, capsys):
     from myocomp.cli import main
     from myocomp.synth.phantom import write_phantom
 
-    ph = phantom(0, (2.0, 2.0, 4.0), "LPS")
+    ph = phantom(2, (2.0, 2.0, 4.0), "LPS")
     paths = write_phantom(tmp_path / "ph", phantom=ph)
     assert paths["vertebrae"].is_file() and paths["discs"].is_file()
     base = ["quantify", "--water", str(paths["water"]), "--fat", str(paths["fat"]), "--labels", str(paths["labels"])]

@@ -411,6 +411,8 @@ def quantify(
     """
     from myocomp.imaging import levels as lv
 
+    if height_cm is not None and not 100.0 <= height_cm <= 250.0:
+        raise DataError(f"height {height_cm} cm is outside the plausible range 100-250 cm")
     level_groups = tuple(g for g in groups if lv.parse_level_group(g) is not None)
     if level_groups and vertebrae is None:
         raise LabelError(f"group {level_groups[0]} needs a vertebra label map (--vertebrae)")
@@ -449,11 +451,11 @@ def quantify(
     metrics["qc_truncated_fov"] = _touches_fov_ends(metrics, labelmap.data, names)
     level_table, level_info = None, {}
     if vertebrae is not None:
-        level_table, extra, level_info = _levels(
-            ff, labels, names, affine, vertebrae, groups, level_groups, fat_threshold, band_mm, bmi,
-            (box[2].start == 0, box[2].stop == labelmap.data.shape[2]), height_cm, level_axis,
+        edges = (box[2].start == 0, box[2].stop == labelmap.data.shape[2])
+        metrics, level_table, level_info = _levels(
+            metrics, ff, labels, names, affine, vertebrae, groups, level_groups,
+            dict(fat_threshold=fat_threshold, band_mm=band_mm, bmi=bmi, edge_slices=edges), height_cm, level_axis,
         )
-        metrics = pd.concat([metrics, extra], ignore_index=True) if len(extra) else metrics
         level_table.insert(0, "participant_id", participant_id)
     metrics["smi_l3_cm2_m2"] = level_info.get("smi", {}).get("smi_l3_cm2_m2", np.nan)
     metrics.insert(0, "participant_id", participant_id)
@@ -502,18 +504,15 @@ def _touches_fov_ends(metrics: pd.DataFrame, labels: np.ndarray, names: dict[int
     return metrics.apply(cut, axis=1).astype(bool) if len(metrics) else pd.Series([], dtype=bool)
 
 
-def _levels(ff, labels, names, affine, vertebrae, groups, level_groups, fat_threshold, band_mm, bmi,
-            edge_slices, height_cm, axis):
-    """(level table, level-group rows, provenance entries) of :func:`quantify`."""
+def _levels(metrics, ff, labels, names, affine, vertebrae, groups, level_groups, options, height_cm, axis):
+    """(metrics with the level-group rows, level table, provenance entries) of :func:`quantify`."""
     from myocomp.imaging import levels as lv
 
     found = lv.find_levels(vertebrae.data, vertebrae.affine, vertebrae.profile.ids, axis=axis, source="vertebra map")
-    table, extra = lv.level_metrics(
-        ff, labels, names, affine, found, groups=groups, level_groups=level_groups,
-        fat_threshold=fat_threshold, band_mm=band_mm, bmi=bmi, edge_slices=edge_slices,
-    )
+    table, extra = lv.level_metrics(ff, labels, names, affine, found, groups=groups, level_groups=level_groups, **options)
     smi = lv.smi_l3(table, height_cm)
-    return table, extra, {"levels": found.to_dict(), "smi": smi}
+    metrics = pd.concat([metrics, extra], ignore_index=True) if len(extra) else metrics
+    return metrics, table, {"levels": found.to_dict(), "smi": smi}
 
 
 def _entity_muscles(names: dict[int, str], groups: tuple[str, ...]) -> set[str]:

@@ -503,6 +503,55 @@ def _band_table(labels, ids, band_mm, affine, axis, ff):
     return _positions(flat, labels.shape, affine, axis), ff[band]
 
 
+@dataclass
+class _Context:
+    """The muscle voxels of one volume: positions along the axis, FF, entity membership, bands."""
+
+    t: np.ndarray
+    f: np.ndarray
+    on_edge: np.ndarray
+    members: dict[str, np.ndarray]
+    bands: dict[str, tuple[np.ndarray, np.ndarray]]
+    widths: np.ndarray
+    half: float
+    v: float
+    bmi: float | None
+    fat_threshold: float
+
+    def measure(self, region: _Region, name: str) -> tuple[dict[str, Any], bool] | None:
+        """(row, touches the first/last slice) of entity ``name`` in ``region``; None if absent."""
+        sel, w = _weights(self.t, region.top, region.bottom, self.widths, self.half)
+        m = self.members[name][sel]
+        if not m.any():
+            return None
+        sums = _region_sums(self.f[sel][m], w[m], self.fat_threshold)
+        band = (0.0, 0.0)
+        if name in self.bands:
+            bsel, bw = _weights(self.bands[name][0], region.top, region.bottom, self.widths, self.half)
+            band = _band_sums_weighted(self.bands[name][1][bsel], bw, self.fat_threshold)
+        return _region_row(region, sums, band, self.v, self.bmi), bool(self.on_edge[sel][m].any())
+
+
+def _context(ff, labels, names, affine, levels, bases, fat_threshold, band_mm, bmi, edge_slices):
+    from myocomp.imaging.composition import _entities
+    from myocomp.imaging.dixon import voxel_volume_ml
+
+    idx, lab = _select(np.asarray(labels), sorted(i for i, n in names.items() if is_muscle(n)))
+    k = idx % labels.shape[2]
+    widths = np.asarray(affine, dtype=float)[:3, :3].T @ levels.axis
+    entities = {n: ids for n, ids in _entities(names, set(lab.tolist()), bases).items() if ids}
+    return _Context(
+        t=_positions(idx, labels.shape, affine, levels.axis),
+        f=np.asarray(ff).ravel()[idx].astype(np.float64),
+        on_edge=((k == 0) & edge_slices[0]) | ((k == labels.shape[2] - 1) & edge_slices[1]),
+        members={n: np.isin(lab, ids) for n, ids in entities.items()},
+        bands={n: _band_table(labels, ids, band_mm, affine, levels.axis, ff) for n, ids in entities.items()}
+        if band_mm > 0 else {},
+        widths=widths, half=0.5 * float(np.abs(widths).sum()), v=voxel_volume_ml(affine), bmi=bmi,
+        fat_threshold=fat_threshold,
+    )
+
+
 def level_metrics(
     ff: np.ndarray,
     labels: np.ndarray,
@@ -533,53 +582,34 @@ def level_metrics(
     (levels table with :data:`LEVEL_COLUMNS` - ``slice`` and ``span`` rows per entity -,
     level-group rows with ``group``, ``level`` and the whole-volume metric columns).
     """
-    from myocomp.imaging.composition import METRIC_COLUMNS, _entities
-    from myocomp.imaging.dixon import voxel_volume_ml
-
     parsed = {g: parse_level_group(g) for g in level_groups}
-    idx, lab = _select(np.asarray(labels), sorted(i for i, n in names.items() if is_muscle(n)))
-    t = _positions(idx, labels.shape, affine, levels.axis)
-    f = np.asarray(ff).ravel()[idx].astype(np.float64)
-    widths = np.asarray(affine, dtype=float)[:3, :3].T @ levels.axis
-    half = 0.5 * float(np.abs(widths).sum())
-    v = voxel_volume_ml(affine)
-    k = idx % labels.shape[2]
-    on_edge = ((k == 0) & edge_slices[0]) | ((k == labels.shape[2] - 1) & edge_slices[1])
     bases = tuple(dict.fromkeys([*groups, "all", *(p[0] for p in parsed.values() if p)]))
-    entities = {n: ids for n, ids in _entities(names, set(lab.tolist()), bases).items() if ids}
-    members = {n: np.isin(lab, ids) for n, ids in entities.items()}
-    bands = {n: _band_table(labels, ids, band_mm, affine, levels.axis, ff) for n, ids in entities.items()} if band_mm > 0 else {}
-
-    def measure(region: _Region, name: str) -> tuple[dict[str, Any], bool] | None:
-        sel, w = _weights(t, region.top, region.bottom, widths, half)
-        m = members[name][sel]
-        if not m.any():
-            return None
-        sums = _region_sums(f[sel][m], w[m], fat_threshold)
-        band = (0.0, 0.0)
-        if name in bands:
-            bsel, bw = _weights(bands[name][0], region.top, region.bottom, widths, half)
-            band = _band_sums_weighted(bands[name][1][bsel], bw, fat_threshold)
-        return _region_row(region, sums, band, v, bmi), bool(on_edge[sel][m].any())
-
+    ctx = _context(ff, labels, names, affine, levels, bases, fat_threshold, band_mm, bmi, edge_slices)
     rows = []
-    for region in _regions(levels, 2 * half):
-        for name in entities:
-            got = measure(region, name)
+    for region in _regions(levels, 2 * ctx.half):
+        for name in ctx.members:
+            got = ctx.measure(region, name)
             if got is not None:
                 rows.append({**got[0], "muscle": name, "qc_truncated_fov": got[1]})
-    table = pd.DataFrame(rows, columns=list(LEVEL_COLUMNS)) if rows else pd.DataFrame(columns=list(LEVEL_COLUMNS))
-    group_rows = []
+    table = pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
+    return table, _level_group_rows(ctx, levels, parsed)
+
+
+def _level_group_rows(ctx: _Context, levels: Levels, parsed: dict) -> pd.DataFrame:
+    """One row per coverage-normalised group; empty (NaN) and flagged without its vertebrae."""
+    from myocomp.imaging.composition import METRIC_COLUMNS
+
+    rows = []
     for gname, (base, top, bottom) in parsed.items():
         vt, vb = levels.complete(top), levels.complete(bottom)
         row = {"group": gname, "level": "group", **dict.fromkeys(METRIC_COLUMNS, np.nan), "qc_truncated_fov": True}
-        if vt is not None and vb is not None and base in entities:
-            got = measure(_Region("group", gname, vt.top_mm, vb.bottom_mm), base)
-            if got is not None:
-                metrics = {c: got[0][c] for c in METRIC_COLUMNS}
-                row.update(metrics, qc_truncated_fov=got[1])
-        group_rows.append(row)
-    return table, pd.DataFrame(group_rows, columns=["group", "level", *METRIC_COLUMNS, "qc_truncated_fov"])
+        got = None
+        if vt is not None and vb is not None and base in ctx.members:
+            got = ctx.measure(_Region("group", gname, vt.top_mm, vb.bottom_mm), base)
+        if got is not None:
+            row.update({c: got[0][c] for c in METRIC_COLUMNS}, qc_truncated_fov=got[1])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["group", "level", *METRIC_COLUMNS, "qc_truncated_fov"])
 
 
 def _region_sums(f: np.ndarray, w: np.ndarray, fat_threshold: float) -> tuple[float, ...]:
