@@ -518,9 +518,12 @@ class _Context:
     bmi: float | None
     fat_threshold: float
 
-    def measure(self, region: _Region, name: str) -> tuple[dict[str, Any], bool] | None:
-        """(row, touches the first/last slice) of entity ``name`` in ``region``; None if absent."""
-        sel, w = _weights(self.t, region.top, region.bottom, self.widths, self.half)
+    def measure(self, region: _Region, name: str, weights=None) -> tuple[dict[str, Any], bool] | None:
+        """(row, touches the first/last slice) of entity ``name`` in ``region``; None if absent.
+
+        ``weights``: the region's (indices, weights) from :func:`_weights`, if already known.
+        """
+        sel, w = weights or _weights(self.t, region.top, region.bottom, self.widths, self.half)
         m = self.members[name][sel]
         if not m.any():
             return None
@@ -587,8 +590,9 @@ def level_metrics(
     ctx = _context(ff, labels, names, affine, levels, bases, fat_threshold, band_mm, bmi, edge_slices)
     rows = []
     for region in _regions(levels, 2 * ctx.half):
+        weights = _weights(ctx.t, region.top, region.bottom, ctx.widths, ctx.half)
         for name in ctx.members:
-            got = ctx.measure(region, name)
+            got = ctx.measure(region, name, weights)
             if got is not None:
                 rows.append({**got[0], "muscle": name, "qc_truncated_fov": got[1]})
     table = pd.DataFrame(rows, columns=list(LEVEL_COLUMNS))
