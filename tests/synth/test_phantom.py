@@ -275,9 +275,14 @@ def test_write_phantom_files_and_truth_json(tmp_path):
         "labels.nii.gz",
         "in_phase.nii.gz",
         "opposed_phase.nii.gz",
+        "vertebrae.nii.gz",
+        "discs.nii.gz",
         "truth.json",
     }
     phantom = make_phantom(7, orientation="LPS", **SMALL)
+    vertebrae = nib.load(paths["vertebrae"])
+    np.testing.assert_array_equal(np.asanyarray(vertebrae.dataobj), phantom.vertebrae)
+    assert set(np.unique(phantom.vertebrae).tolist()) - {0} <= set(get_profile("vertebrae_mr").ids)
     water = nib.load(paths["water"])
     labels = nib.load(paths["labels"])
     np.testing.assert_array_equal(np.asanyarray(water.dataobj), phantom.water)
