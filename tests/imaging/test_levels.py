@@ -65,6 +65,9 @@ def check_against_truth(ph, levels, table):
         tolerance = dz if v.name == "S1" else 0.5 * dz + 0.25  # S1: approximated from L5's height
         assert abs(v.centre_mm - truth[v.name]["centre_mm"]) <= tolerance, v
         assert levels.get(v.name).label == truth[v.name]["label"]
+    for a, b in itertools.pairwise(reported):  # boundaries: the middle of the true disc
+        disc = truth[a.name]["disc_below_mm"]
+        assert abs(levels.boundaries()[f"{a.name}/{b.name}"] - sum(disc) / 2) <= 0.5 * dz + 0.25
     fine = ph.fine
     for v in reported:
         true = vt.truth_csa(fine["anatomy"], fine["x"], fine["y"], v.centre_mm, 0.5)
@@ -242,8 +245,9 @@ def test_smi_l3_and_its_provenance():
     smi = result.metrics["smi_l3_cm2_m2"]
     assert smi.nunique() == 1
     assert smi.iloc[0] == pytest.approx(l3.csa_cm2 / 1.75**2)
-    true = vt.truth_csa(ph.fine["anatomy"], ph.fine["x"], ph.fine["y"], ph.truth["levels"]["vertebrae"][0]["centre_mm"], 0.5)
-    assert true["all"]["csa_cm2"] > 0
+    centre = next(v["centre_mm"] for v in result.provenance["levels"]["vertebrae"] if v["vertebra"] == "L3")
+    true = vt.truth_csa(ph.fine["anatomy"], ph.fine["x"], ph.fine["y"], centre, 0.5)
+    assert smi.iloc[0] * 1.75**2 == pytest.approx(true["all"]["csa_cm2"], rel=0.02)
     info = result.provenance["smi"]
     assert info["partial"] and "partial SMI" in info["note"]
     assert info["muscles"] == ["autochthon_left", "autochthon_right", "iliopsoas_left", "iliopsoas_right"]
