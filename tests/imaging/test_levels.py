@@ -320,3 +320,14 @@ def test_study_joins_a_coverage_normalised_group():
     restricted = one.set_index("group").loc["back_L1_L5", "lean_volume_ml"]
     assert report.n_joined == 3 and np.allclose(joined["lean_volume_ml"], restricted)
     assert not np.isclose(restricted, one.set_index("group").loc["back", "lean_volume_ml"])
+
+
+def test_stray_voxels_are_ignored_and_noted():
+    ph = phantom()
+    verts = ph.vertebrae.copy()
+    clean = find_levels(verts, ph.affine, VNAMES)
+    k = np.flatnonzero((verts == VNAMES_ID["L1"]).any(axis=(0, 1)))
+    verts[10:12, 10:12, k[0] - 20] = VNAMES_ID["L3"]  # a few voxels of "L3" far from L3
+    noisy = find_levels(verts, ph.affine, VNAMES)
+    assert noisy.get("L3").centre_mm == clean.get("L3").centre_mm
+    assert any("L3: 4 stray voxels" in n for n in noisy.notes)

@@ -304,7 +304,7 @@ def _one_vertebra(name, label, t, on_face, half, notes, source) -> Vertebra:
     ts = t[order]
     cuts = np.flatnonzero(np.diff(ts) > 2.02 * half + 0.5) + 1
     pieces = np.split(np.arange(ts.size), cuts)
-    big = [p for p in pieces if p.size >= STRAY_FRACTION * ts.size]
+    big = [p for p in pieces if p.size >= STRAY_FRACTION * ts.size] or [max(pieces, key=len)]
     if len(big) > 1 and name != "S1":
         gap = ts[big[1][0]] - ts[big[0][-1]] - 2 * half
         raise LabelError(
@@ -312,7 +312,7 @@ def _one_vertebra(name, label, t, on_face, half, notes, source) -> Vertebra:
             "along the spine (two vertebrae merged into one label?)",
             source=source,
         )
-    keep = np.concatenate(big) if name != "S1" else np.arange(ts.size)
+    keep = np.concatenate(big)  # the sacrum keeps all its segments (S1-S5 with fused discs)
     if keep.size < ts.size:
         notes.append(f"{name}: {ts.size - keep.size} stray voxels away from the vertebra ignored")
     ts = ts[keep]
