@@ -342,13 +342,6 @@ PROFILE_ALIASES = {
     "total_mr": "totalsegmentator_mr", "totalvibesegmentator": "totalvibeseg",
     "musclemap": "musclemap_v1.4",
 }
-#: ``--profile auto``: choose the built-in profile whose id set and anatomy fit the label map.
-AUTO_PROFILE = "auto"
-
-
-def builtin_profiles() -> list[LabelProfile]:
-    """Every built-in profile, in the order of :data:`BUILTIN_PROFILES`."""
-    return [get_profile(name) for name in BUILTIN_PROFILES]
 
 # --- vertebra label profiles (vertebral levels, myocomp.imaging.levels) ---------------------
 # TotalSegmentator >= 2.5 MR task ``vertebrae_mr`` (totalsegmentator/map_to_binary.py,
@@ -360,7 +353,19 @@ _VERTEBRAE_MR_CAUDAL_TO_CRANIAL = (
 BUILTIN_PROFILES["totalsegmentator_vertebrae_mr"] = {
     1: "sacrum", **{i: f"vertebrae_{v}" for i, v in enumerate(_VERTEBRAE_MR_CAUDAL_TO_CRANIAL, start=2)}
 }
+PROFILE_INFO["totalsegmentator_vertebrae_mr"] = (
+    "TotalSegmentator", "2.5.0+ task vertebrae_mr (25 classes; vertebra map for levels, no muscles)",
+    f"{_TS_MAP} class_map['vertebrae_mr'] (commit 0275d30)",
+)
 PROFILE_ALIASES["vertebrae_mr"] = "totalsegmentator_vertebrae_mr"
+
+#: ``--profile auto``: choose the built-in profile whose id set and anatomy fit the label map.
+AUTO_PROFILE = "auto"
+
+
+def builtin_profiles() -> list[LabelProfile]:
+    """Every built-in profile, in the order of :data:`BUILTIN_PROFILES`."""
+    return [get_profile(name) for name in BUILTIN_PROFILES]
 
 
 def get_profile(name_or_path: str | Path) -> LabelProfile:
