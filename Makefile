@@ -34,6 +34,8 @@ bench: $(STAMP)
 	# R lme4, the peer of bench_glmm.py (skipped there with a note if this cannot install it)
 	command -v Rscript >/dev/null && Rscript -e 'library(lme4)' >/dev/null 2>&1 || \
 		apt-get install -y r-base-core r-cran-lme4 || true
+	# peer of bench_quantify (statistics only, no weights); --no-deps keeps the venv's torch/nnunetv2
+	$(BIN)/python -m pip install -q --no-deps totalsegmentator || echo "totalsegmentator not installable: bench_quantify skips that peer"
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:

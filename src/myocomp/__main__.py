@@ -1,5 +1,6 @@
-"""``python -m myocomp``: the command-line interface."""
+"""`python -m myocomp`: the command-line interface."""
 
 from myocomp.cli import run
 
-run()
+if __name__ == "__main__":
+    run()

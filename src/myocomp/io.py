@@ -15,12 +15,14 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from myocomp.errors import ConfigError, InputFileError
+
+if TYPE_CHECKING:  # pandas is imported where a table is read (keeps it out of CLI start-up)
+    import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")
 
@@ -158,6 +160,8 @@ def read_table(path: str | Path, *, text: bool = False) -> pd.DataFrame:
     of a .csv/.txt is sniffed (comma, semicolon, tab) and blanks after it skipped, so that the
     validation can read decimal commas and name each bad cell.
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise InputFileError("file not found", source=path)

@@ -10,10 +10,11 @@ import pytest
 
 from myocomp.errors import GeometryError, InputFileError
 from myocomp.imaging.composition import quantify
-from myocomp.imaging.dicom import classify, read_dicom_dixon, write_dicom_series
+from myocomp.imaging.dicom import classify, read_dicom_dixon
 from myocomp.imaging.dixon import load_dixon
 from myocomp.imaging.labels import load_labels
 from myocomp.io import save_nifti
+from myocomp.synth.dicom import write_dicom_series
 from myocomp.synth.phantom import make_phantom
 
 from .helpers import reorient, toy_volume
@@ -141,10 +142,11 @@ def test_broken_series_are_clear_errors(case, tmp_path: Path) -> None:
         affine,
         header={"ImageType": ["ORIGINAL", "PRIMARY", "M"]},
     )
-    with pytest.raises(
-        InputFileError, match="unrecognised ImageType values: ORIGINAL\\\\PRIMARY\\\\M"
-    ):
+    with pytest.raises(InputFileError) as unknown_error:
         read_dicom_dixon(unknown)
+    message = str(unknown_error.value)
+    assert "2 other series found" in message and "ImageType ORIGINAL\\PRIMARY\\M" in message
+    assert "no Dixon water/fat marker in ImageType, Philips type or description" in message
 
     multi = tmp_path / "multi"
     write_dicom_series(multi, {"water": water, "fat": fat}, affine, header={"NumberOfFrames": 2})

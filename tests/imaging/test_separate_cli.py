@@ -115,7 +115,7 @@ def test_quantify_ff_map_equals_water_fat_pair(tmp_path, capsys):
     save_nifti((100 * ff).astype(np.float32), w.affine, tmp_path / "ff_percent.nii.gz")
     common = ["--labels", paths["labels"], "--groups", "back,psoas"]
     assert run(["quantify", "--water", paths["water"], "--fat", paths["fat"], *common,
-                "--out", tmp_path / "a.csv"], capsys)[0] == 0
+                "--ff-method", "ratio", "--out", tmp_path / "a.csv"], capsys)[0] == 0  # the map's F/(W+F)
     code, _, err = run(["quantify", "--ff-map", tmp_path / "ff_percent.nii.gz", *common,
                         "--out", tmp_path / "b.csv"], capsys)
     assert code == 0, err
@@ -157,8 +157,8 @@ def test_quantify_ff_map_bad_input(tmp_path, capsys, argv, message):
 def test_dicom_magnitude_phase_echoes_and_ff_series(tmp_path, capsys):
     """Siemens-style magnitude + phase (0..4095) DICOM echoes are read, and a DICOM fat-fraction
     series (ImageType FF, percent) given to quantify --ff-map equals the NIfTI map."""
-    from myocomp.imaging.dicom import write_dicom_series
     from myocomp.imaging.echoes import load_echo_folder
+    from myocomp.synth.dicom import write_dicom_series
     from myocomp.synth.multiecho import make_multiecho_phantom
 
     ph = make_multiecho_phantom(6, te_ms=(1.2, 2.2, 3.2), snr=None, voxel_size_mm=(6, 6, 12),

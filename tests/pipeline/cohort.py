@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from myocomp.imaging.dicom import write_dicom_series
 from myocomp.io import save_nifti
+from myocomp.synth.dicom import write_dicom_series
 from myocomp.synth.phantom import make_phantom, write_phantom
 
 #: Small, fast phantoms: 8 axial slices of 4 x 4 x 6 mm.

@@ -36,12 +36,12 @@ ALL_METRICS = (
 )
 
 
-def measure(phantom, *, in_phase: bool = True, bmi: float | None = 25.0) -> pd.DataFrame:
+def measure(phantom, *, in_phase: bool = True, bmi: float | None = 25.0, **options) -> pd.DataFrame:
     dixon = dixon_from_arrays(
         phantom.water, phantom.fat, phantom.affine, in_phase=phantom.in_phase if in_phase else None
     )
     labels = labelmap_from_array(phantom.labels, phantom.affine, "mrsegmentator", reference=dixon)
-    return quantify(dixon, labels, bmi=bmi, with_slices=False).metrics.set_index("group")
+    return quantify(dixon, labels, bmi=bmi, with_slices=False, **options).metrics.set_index("group")
 
 
 def assert_recovered(metrics: pd.DataFrame, truth: dict, label: str) -> None:
@@ -69,7 +69,7 @@ def test_truth_recovered_with_strong_infiltration_and_intermat():
 
 
 def test_truth_recovered_from_water_and_fat_only_at_snr_40():
-    """Without an in-phase image FF = F / (W + F); its noise-floor bias is small at SNR 40."""
+    """Without an in-phase image the default is the noise-corrected F / (W + F)."""
     phantom = make_phantom(6, snr=40.0)
     assert_recovered(measure(phantom, in_phase=False), phantom.truth, "water + fat only, SNR 40")
 
@@ -77,7 +77,7 @@ def test_truth_recovered_from_water_and_fat_only_at_snr_40():
 def test_noise_is_magnitude_noise_biasing_ff_without_in_phase():
     """The Rician floor raises F / (W + F) in lean muscle; magnitude discrimination removes it."""
     phantom = make_phantom(0, snr=20.0)
-    two_point = measure(phantom, in_phase=False)
+    two_point = measure(phantom, in_phase=False, ff_method="ratio")
     with_ip = measure(phantom)
     for group in GROUPS:
         true = phantom.truth["metrics"][group]["ff_mean"]

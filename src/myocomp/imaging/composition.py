@@ -22,13 +22,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
-from myocomp.errors import DataError, GeometryError, LabelError
+from myocomp.errors import ConfigError, DataError, GeometryError, LabelError
 from myocomp.imaging.dixon import (
+    FF_METHODS,
     DixonVolume,
+    NoiseEstimate,
     default_noise_floor,
+    estimate_noise_sigma,
     fat_fraction,
+    negative_voxels,
     same_grid,
     voxel_spacing,
     voxel_volume_ml,
@@ -89,10 +92,28 @@ def _entities(names: dict[int, str], present: set[int], groups: tuple[str, ...])
 
 
 def _member_mask(labels: np.ndarray, ids: list[int]) -> np.ndarray:
-    """Boolean array: which elements of ``labels`` are one of ``ids`` (one table lookup)."""
+    """Boolean array: which elements of ``labels`` are one of ``ids``.
+
+    Ids forming at most three runs of consecutive values (the usual case: a model's muscle
+    ids) are tested by one wrapping subtraction and comparison per run, ~5x faster than the
+    table lookup used otherwise."""
+    ids = sorted({int(i) for i in ids if i >= 0})
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    if labels.dtype.kind in "iu" and 0 < len(runs) <= 3 and runs[-1][1] <= np.iinfo(labels.dtype).max:
+        unsigned = labels.view(labels.dtype.str.replace("i", "u")) if labels.dtype.kind == "i" else labels
+        mask = None
+        for low, high in runs:
+            hit = np.subtract(unsigned, unsigned.dtype.type(low), dtype=unsigned.dtype) <= high - low
+            mask = hit if mask is None else np.logical_or(mask, hit, out=mask)
+        return mask
     lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-    lut[[i for i in ids if 0 <= i < lut.size]] = True
-    return lut[np.clip(labels, 0, None)]
+    lut[[i for i in ids if i < lut.size]] = True
+    return lut[labels if labels.dtype.kind == "u" else np.clip(labels, 0, None)]
 
 
 @dataclass
@@ -142,6 +163,8 @@ def _band_voxels(
     lo = [max(0, int(a.min()) - m) for a, m in zip(nz, margin, strict=True)]
     hi = [min(n, int(a.max()) + m + 1) for a, m, n in zip(nz, margin, labels.shape, strict=True)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    from scipy import ndimage  # only with a band: keeps scipy.ndimage out of most runs
+
     dist = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
     band = (dist <= band_mm) & ~mask[box] & (labels[box] == 0)
     local = np.nonzero(band)
@@ -369,14 +392,22 @@ class QuantifyResult:
 
 
 def _muscle_box(labels: np.ndarray, ids: list[int], margin: tuple[int, int, int]) -> tuple[slice, ...]:
-    mask = _member_mask(labels, ids)
+    """Bounding box of the voxels labelled with ``ids`` (plus ``margin`` voxels), slab by slab
+    along the last axis so that no full-volume temporary is made; all of it if none is."""
+    hits = [np.zeros(n, dtype=bool) for n in labels.shape]
+    step = max(1, 2_000_000 // max(1, labels.shape[0] * labels.shape[1]))
+    for k0 in range(0, labels.shape[2], step):
+        mask = _member_mask(labels[:, :, k0 : k0 + step], ids)
+        hits[0] |= mask.any(axis=(1, 2))
+        hits[1] |= mask.any(axis=(0, 2))
+        hits[2][k0 : k0 + step] = mask.any(axis=(0, 1))
     box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
+    for axis, hit in enumerate(hits):
+        where = np.flatnonzero(hit)
+        if where.size == 0:
             return tuple(slice(0, n) for n in labels.shape)
-        box.append(slice(max(0, hit[0] - margin[axis]), min(labels.shape[axis], hit[-1] + 1 + margin[axis])))
+        start, stop = max(0, where[0] - margin[axis]), min(labels.shape[axis], where[-1] + 1 + margin[axis])
+        box.append(slice(int(start), int(stop)))
     return tuple(box)
 
 
@@ -395,6 +426,8 @@ def quantify(
     vertebrae: LabelMap | None = None,
     height_cm: float | None = None,
     level_axis: Any = "world",
+    ff_method: str | None = None,
+    noise_sigma: float | None = None,
 ) -> QuantifyResult:
     """Composition metrics (and the per-slice profile) of one participant.
 
@@ -408,6 +441,10 @@ def quantify(
     per-level table ``levels``, coverage-normalised groups such as ``back_L1_L5`` in ``groups``,
     and with ``height_cm`` the L3 skeletal-muscle index ``smi_l3_cm2_m2``. Every metrics row has
     ``qc_truncated_fov``: its muscles touch the first or last slice (axis 2) of the image.
+
+    ``ff_method``/``noise_sigma``: see :func:`_resolve_ff_method` (default: magnitude
+    discrimination with an in-phase image, else noise-corrected with sigma estimated from the
+    background); sigma, SNR and any fallback are in ``provenance["noise"]``.
     """
     from myocomp.imaging import levels as lv
 
@@ -431,11 +468,9 @@ def quantify(
     affine = dixon.affine.copy()
     affine[:, 3] = dixon.affine @ origin
 
+    noise = negatives = None
     if dixon.fat is not None:
-        floor = default_noise_floor(dixon.water, dixon.fat) if noise_floor is None else noise_floor
-        ip = dixon.in_phase[box] if dixon.in_phase is not None else None
-        ff = fat_fraction(dixon.water[box], dixon.fat[box], in_phase=ip, noise_floor=floor)
-        method = "dixon_magnitude_discrimination" if ip is not None else "dixon"
+        ff, method, floor, noise, negatives = _dixon_ff(dixon, box, ff_method, noise_sigma, noise_floor)
     else:
         image = dixon.water[box]
         inside = np.isin(labels, [i for i in muscle_ids if names[i] in _entity_muscles(names, groups)])
@@ -479,11 +514,11 @@ def quantify(
             "vertebra_profile": vertebrae.profile.name if vertebrae is not None else None,
         },
         **level_info,
+        "noise": _noise_record(noise, negatives, dixon, box, labels, muscle_ids),
+        "grid": dixon.grid,
         "geometry": {
-            "shape": list(dixon.shape),
-            "spacing_mm": list(spacing),
-            "voxel_volume_ml": dixon.voxel_volume_ml,
-            "orientation": "RAS+ (closest canonical)",
+            "shape": list(dixon.shape), "spacing_mm": list(spacing),
+            "voxel_volume_ml": dixon.voxel_volume_ml, "orientation": "RAS+ (closest canonical)",
         },
         "definitions": {**DEFINITIONS, **lv.DEFINITIONS},
         "versions": _versions(),
@@ -513,6 +548,77 @@ def _levels(metrics, ff, labels, names, affine, vertebrae, groups, level_groups,
     smi = lv.smi_l3(table, height_cm)
     metrics = pd.concat([metrics, extra], ignore_index=True) if len(extra) else metrics
     return metrics, table, {"levels": found.to_dict(), "smi": smi}
+
+
+def _dixon_ff(dixon: DixonVolume, box, ff_method, noise_sigma, noise_floor):
+    """Fat-fraction map inside ``box`` and what produced it: (ff, method column, floor, noise, negatives)."""
+    floor = default_noise_floor(dixon.water, dixon.fat) if noise_floor is None else noise_floor
+    ff_method, noise, negatives = _resolve_ff_method(dixon, ff_method, noise_sigma, floor)
+    ip = dixon.in_phase[box] if ff_method == "magnitude-discrimination" else None
+    ff = fat_fraction(dixon.water[box], dixon.fat[box], in_phase=ip, noise_floor=floor,
+                      method=ff_method, noise_sigma=noise.sigma)
+    return ff, _METHOD_NAMES[ff_method], floor, noise, negatives
+
+
+_METHOD_NAMES = {
+    "ratio": "dixon",
+    "noise-corrected": "dixon_noise_corrected",
+    "magnitude-discrimination": "dixon_magnitude_discrimination",
+}
+
+
+def _resolve_ff_method(
+    dixon: DixonVolume, ff_method: str | None, noise_sigma: float | None, floor: float
+) -> tuple[str, NoiseEstimate, dict[str, int]]:
+    """The fat-fraction method to use, the noise estimate it needs (or that was given) and the
+    number of negative water/fat voxels (signed inputs are never noise-corrected).
+
+    Without ``ff_method``: magnitude discrimination with an in-phase image, else noise-corrected;
+    when that finds no background to estimate sigma from (or the inputs are signed) it falls
+    back to the plain ratio and the returned estimate's ``note`` says why."""
+    if noise_sigma is not None and not (np.isfinite(noise_sigma) and noise_sigma > 0):
+        raise ConfigError(f"noise sigma must be a positive number, got {noise_sigma}")
+    if ff_method is not None and ff_method not in FF_METHODS:
+        raise ConfigError(f"unknown fat-fraction method {ff_method!r}; one of {', '.join(FF_METHODS)}")
+    if ff_method == "magnitude-discrimination" and dixon.in_phase is None:
+        raise ConfigError("fat-fraction method magnitude-discrimination needs an in-phase image")
+    default = ff_method is None
+    if default:
+        ff_method = "magnitude-discrimination" if dixon.in_phase is not None else "noise-corrected"
+    negatives = negative_voxels(dixon)
+    if any(negatives.values()) and ff_method == "noise-corrected":
+        signed = (f"water and fat hold negative values ({negatives['water']} and {negatives['fat']} "
+                  "voxels): signed (real-valued) separation output, whose noise is Gaussian with no Rician floor")
+        if not default:
+            raise ConfigError(f"{signed}; the noise-corrected method is for magnitude images: use --ff-method ratio")
+        return "ratio", NoiseEstimate(None, "not estimated", 0, f"{signed}: F/(W+F) of the signed values, "
+                                      "not clipped"), negatives
+    if noise_sigma is not None:
+        noise = NoiseEstimate(float(noise_sigma), "given")
+    else:
+        noise = estimate_noise_sigma(dixon.water, dixon.fat, floor)  # type: ignore[arg-type]
+    if ff_method == "noise-corrected" and noise.sigma is None:
+        if not default:
+            raise ConfigError(f"cannot estimate the noise sigma ({noise.note}); give --noise-sigma "
+                              "or choose --ff-method ratio")
+        ff_method = "ratio"
+        noise = NoiseEstimate(None, noise.source, noise.n_voxels,
+                              f"{noise.note}: noise sigma unknown, plain F/(W+F) used")
+    return ff_method, noise, negatives
+
+
+def _noise_record(noise, negatives, dixon: DixonVolume, box, labels: np.ndarray, muscle_ids: list[int]) -> dict | None:
+    """Provenance of the noise estimate: sigma, its source, the SNR of the muscles' water signal."""
+    if noise is None:
+        return None
+    snr = None
+    if noise.sigma:
+        water = dixon.water[box][_member_mask(labels, muscle_ids)]
+        water = water[np.isfinite(water)]
+        snr = float(water.mean(dtype=np.float64)) / noise.sigma if water.size else None
+    return {"sigma": noise.sigma, "source": noise.source, "n_background_voxels": noise.n_voxels,
+            "snr": snr, "snr_definition": "mean water signal in the labelled muscles / sigma",
+            "negative_voxels": negatives, "note": noise.note}
 
 
 def _entity_muscles(names: dict[int, str], groups: tuple[str, ...]) -> set[str]:

@@ -23,9 +23,10 @@ the volume, its ``source`` or any error message.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +122,71 @@ def _read_header(path: Path):
         ) from exc
 
 
-def _scan(folder: Path) -> tuple[list[_Slice], list[str]]:
+_GE_IMAGE_KIND = {0: "magnitude", 1: "phase", 2: "real", 3: "imaginary"}
+
+
+@dataclass
+class _Unrecognised:
+    """What one series without Dixon markers holds (no patient-identifying field)."""
+
+    number: str
+    description: str
+    n_images: int = 0
+    image_types: set[str] = field(default_factory=set)
+    echo_times: set[float] = field(default_factory=set)
+    kinds: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, ds) -> _Unrecognised:
+        return cls(str(getattr(ds, "SeriesNumber", "") or "?"), _text(getattr(ds, "SeriesDescription", "") or ""))
+
+    def add(self, ds, image_type: list) -> None:
+        self.n_images += 1
+        self.image_types.add("\\".join(_text(t) for t in image_type) or "(none)")
+        te = getattr(ds, "EchoTime", None)
+        if te not in (None, ""):
+            self.echo_times.add(round(float(te), 2))
+        ge_kind = ds.get((0x0043, 0x102F))
+        if ge_kind is not None:
+            with contextlib.suppress(TypeError, ValueError):  # a malformed private tag says nothing
+                self.kinds.add(_GE_IMAGE_KIND.get(int(ge_kind.value), f"type {ge_kind.value}"))
+        tokens = {_text(t).upper() for t in image_type}
+        self.kinds |= {name for token, name in (("M", "magnitude"), ("P", "phase"), ("R", "real"),
+                                                ("I", "imaginary")) if token in tokens}
+
+    def describe(self) -> str:
+        """e.g. series 4 "Multi_TE" (119 images, ImageType ORIGINAL\\SECONDARY\\M, 17 echoes 10.9-185.3 ms)."""
+        parts = [f"{self.n_images} images", "ImageType " + " / ".join(sorted(self.image_types))]
+        tes = sorted(self.echo_times)
+        if len(tes) > 1:
+            parts.append(f"{len(tes)} echoes TE {tes[0]:g}-{tes[-1]:g} ms")
+        elif tes:
+            parts.append(f"TE {tes[0]:g} ms")
+        if self.kinds:
+            parts.append(" + ".join(k for k in ("magnitude", "phase", "real", "imaginary") if k in self.kinds)
+                         + "".join(f" + {k}" for k in sorted(self.kinds) if k not in _GE_IMAGE_KIND.values()))
+        return f'series {self.number} "{self.description}" ({", ".join(parts)})'
+
+    def why(self) -> str:
+        """Why this series is not a Dixon water/fat image."""
+        if len(self.echo_times) > 1:
+            kind = "complex " if {"phase", "real", "imaginary"} & self.kinds else ""
+            return f"{kind}multi-echo source images (no fat-water separation done)"
+        return "no Dixon water/fat marker in ImageType, Philips type or description"
+
+
+def unrecognised_reason(series: Mapping[str, _Unrecognised]) -> str:
+    """One sentence naming each series without Dixon markers and why it is not water/fat."""
+    if not series:
+        return ""
+    items = [f"{s.describe()}: {s.why()}" for s in list(series.values())[:4]]
+    more = f"; and {len(series) - 4} more" if len(series) > 4 else ""
+    return "; ".join(items) + more
+
+
+def _scan(folder: Path) -> tuple[list[_Slice], dict[str, _Unrecognised]]:
     slices: list[_Slice] = []
-    unknown: set[str] = set()
+    unknown: dict[str, _Unrecognised] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         ds = _read_header(path)
         if ds is None or "Rows" not in ds or getattr(ds, "Modality", "MR") != "MR":
@@ -143,7 +206,8 @@ def _scan(folder: Path) -> tuple[list[_Slice], list[str]]:
             getattr(ds, "SeriesDescription", "") or "",
         )
         if channel is None:
-            unknown.add("\\".join(_text(t) for t in image_type) or "(none)")
+            key = f"{getattr(ds, 'SeriesInstanceUID', '')}#{getattr(ds, 'SeriesNumber', '')}"
+            unknown.setdefault(key, _Unrecognised.of(ds)).add(ds, image_type)
             continue
         if channel == "ignore":
             continue
@@ -162,7 +226,7 @@ def _scan(folder: Path) -> tuple[list[_Slice], list[str]]:
                 shape=(int(ds.Rows), int(ds.Columns)),
             )
         )
-    return slices, sorted(unknown)
+    return slices, unknown
 
 
 def _series_volume(slices: list[_Slice], folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -250,9 +314,11 @@ def read_dicom_dixon(folder: str | Path, *, source: str | None = None):
         by_channel.setdefault(s.channel, {}).setdefault(s.series, []).append(s)
     missing = [c for c in ("water", "fat") if c not in by_channel]
     if missing:
-        hint = f"; unrecognised ImageType values: {', '.join(unknown[:5])}" if unknown else ""
+        found = f"; {len(unknown)} other series found: {unrecognised_reason(unknown)}" if unknown else ""
+        advice = (". Not a Dixon water/fat export: separate fat and water first (or export the "
+                  "scanner's Dixon water and fat series) and give them as NIfTI") if not slices else ""
         raise InputFileError(
-            f"no {' or '.join(missing)} series found among {len(slices)} Dixon images{hint}",
+            f"no {' or '.join(missing)} series found among {len(slices)} Dixon images{found}{advice}",
             source=folder,
         )
     counts = {c: len(v) for c, v in by_channel.items()}
@@ -294,114 +360,3 @@ def read_dicom_dixon(folder: str | Path, *, source: str | None = None):
         opposed_phase=arrays.get("opposed_phase"),
         source=src,
     )
-
-
-_VENDOR_MARKERS = {
-    "siemens": {
-        "water": ("DERIVED", "PRIMARY", "DIXON", "WATER"),
-        "fat": ("DERIVED", "PRIMARY", "DIXON", "FAT"),
-        "in_phase": ("DERIVED", "PRIMARY", "DIXON", "IN_PHASE"),
-        "opposed_phase": ("DERIVED", "PRIMARY", "DIXON", "OPP_PHASE"),
-    },
-}
-_GE_PREFIX = {"water": "WATER", "fat": "FAT", "in_phase": "InPhase", "opposed_phase": "OutPhase"}
-_PHILIPS_CODE = {v: k for k, v in _PHILIPS_TYPE.items()}
-
-
-def write_dicom_series(
-    out_dir: str | Path,
-    channels: Mapping[str, np.ndarray],
-    affine: np.ndarray,
-    *,
-    vendor: str = "siemens",
-    slope: float = 1.0,
-    intercept: float = 0.0,
-    header: Mapping[str, str] | None = None,
-    seed: int = 0,
-) -> list[Path]:
-    """Write Dixon channels as classic single-frame MR DICOM series (one series per channel).
-
-    ``channels`` maps channel names (:data:`CHANNELS`) to (X, Y, Z) arrays on the RAS+ grid
-    ``affine``; slices run along array axis 2. Stored values are ``round((v - intercept) /
-    slope)`` as uint16 with RescaleSlope/Intercept, so the read-back image is exact for values
-    on that lattice. ``vendor`` chooses how channels are marked: ``"siemens"`` (ImageType
-    tokens), ``"philips"`` (private (2005,1011)) or ``"ge"`` (SeriesDescription prefix).
-    ``header`` adds or overrides top-level attributes (e.g. to test de-identification). UIDs are
-    derived from ``seed``, so the same call writes the same files.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-    from pydicom.valuerep import DSfloat
-
-    if vendor not in ("siemens", "philips", "ge"):
-        raise ValueError(f"unknown vendor {vendor!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
-    col_spacing, row_spacing = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    orientation = [*(lps[:3, 0] / col_spacing), *(lps[:3, 1] / row_spacing)]
-
-    def ds_(v: float) -> DSfloat:
-        return DSfloat(float(v), auto_format=True)
-
-    study_uid = generate_uid(entropy_srcs=[f"myocomp-study-{seed}"])
-    frame_uid = generate_uid(entropy_srcs=[f"myocomp-frame-{seed}"])
-    written: list[Path] = []
-    for number, (channel, data) in enumerate(channels.items(), start=1):
-        data = np.asarray(data, dtype=np.float64)
-        stored = np.round((data - intercept) / slope)
-        if np.nanmin(stored) < 0 or np.nanmax(stored) > 65535:
-            raise ValueError("values do not fit uint16 with this slope/intercept")
-        stored = np.nan_to_num(stored).astype("<u2")
-        series_uid = generate_uid(entropy_srcs=[f"myocomp-series-{seed}-{channel}"])
-        for k in range(data.shape[2]):
-            sop_uid = generate_uid(entropy_srcs=[f"myocomp-sop-{seed}-{channel}-{k}"])
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = MRImageStorage
-            ds.SOPInstanceUID = sop_uid
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = frame_uid
-            ds.Modality = "MR"
-            ds.Manufacturer = {
-                "siemens": "SIEMENS",
-                "philips": "Philips",
-                "ge": "GE MEDICAL SYSTEMS",
-            }[vendor]
-            ds.SeriesNumber = number
-            ds.InstanceNumber = k + 1
-            ds.PatientName = "ANONYMOUS"
-            ds.PatientID = "ANONYMOUS"
-            if vendor == "siemens":
-                ds.ImageType = list(_VENDOR_MARKERS["siemens"][channel])
-                ds.SeriesDescription = "Dixon"
-            elif vendor == "philips":
-                ds.ImageType = ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"]
-                ds.SeriesDescription = "mDIXON"
-                ds.add_new((0x2005, 0x0010), "LO", "Philips MR Imaging DD 001")
-                ds.add_new((0x2005, 0x1011), "CS", _PHILIPS_CODE[channel])
-            else:
-                ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
-                ds.SeriesDescription = f"{_GE_PREFIX[channel]}: Ax LAVA-Flex"
-            ds.ImageOrientationPatient = [ds_(v) for v in orientation]
-            ds.ImagePositionPatient = [ds_(v) for v in (lps[:3, 3] + k * lps[:3, 2])]
-            ds.PixelSpacing = [ds_(row_spacing), ds_(col_spacing)]
-            ds.SliceThickness = ds_(np.linalg.norm(lps[:3, 2]))
-            ds.RescaleSlope = ds_(slope)
-            ds.RescaleIntercept = ds_(intercept)
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = data.shape[1], data.shape[0]
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-            for key, value in (header or {}).items():
-                setattr(ds, key, value)
-            path = out / f"{channel}_{k + 1:04d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            written.append(path)
-    return written
