@@ -37,7 +37,7 @@ def check_ff_method(ff_method: str | None, noise_sigma: float | None) -> None:
 def check_image_source(water: Path | None, dicom: Path | None, *others: Path | None) -> None:
     """Exactly one of --water / --dicom; the NIfTI channel options only go with --water."""
     if (water is None) == (dicom is None):
-        raise DataError("give either --water (NIfTI) or --dicom (a DICOM folder)")
+        raise DataError("--water is required: give either --water (NIfTI) or --dicom (a DICOM folder), or --ff-map or --echoes")
     if dicom is not None and any(o is not None for o in others):
         raise DataError("--fat, --in-phase and --opposed-phase go with --water, not with --dicom")
 
