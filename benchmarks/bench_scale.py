@@ -118,9 +118,9 @@ def interleaved(manifest, tmp: Path, workers: int, rounds: int) -> dict:
             t["sequential"] += sequential(part, tmp / "sequential")
             t["batch"] += batch_round(part, tmp / "batch", client, default)
             t["flagged"] += batch_round(part, tmp / "flagged", client, flagged)
+        stages = json.loads((tmp / "batch" / "batch.json").read_text())["stage_seconds"]
+        t["stages"] = {k: v["median"] for k, v in stages.items()}
         t["resume"], t["submitted"] = noop_resume(manifest, tmp / "batch", client, default)
-    stages = json.loads((tmp / "batch" / "batch.json").read_text())
-    t["stages"] = {k: v["median"] for k, v in stages["stage_seconds"].items()}
     return t
 
 
