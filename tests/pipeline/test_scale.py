@@ -166,9 +166,13 @@ def test_stage_timing_and_qc_image_modes(tmp_path, client) -> None:
         pd.read_parquet(tmp_path / "flagged" / "metrics.parquet").drop(columns=[
             "qc_volume_out_of_range", "qc_notes"]),
     )  # fmt: skip
-    unflagged = resolve_batch_params({"qc_images": "flagged"}, {})
-    run_batch(man, tmp_path / "clean", unflagged, client)
-    assert not list((tmp_path / "clean").rglob("qc.png"))
+    wide = resolve_batch_params({"qc_images": "flagged", "volume_range": ["back=1:1e9"]}, {})
+    run_batch(man, tmp_path / "clean", wide, client)
+    metrics = pd.read_parquet(tmp_path / "clean" / "metrics.parquet")
+    flags = [c for c in metrics if c.startswith("qc_") and metrics[c].dtype == bool]
+    flagged = set(metrics.loc[metrics[flags].any(axis=1), "participant_id"])
+    images = {p.parent.name for p in (tmp_path / "clean").rglob("qc.png")}
+    assert images == flagged  # an image exactly for the flagged participants
 
 
 def test_streaming_merge_equals_one_concat(tmp_path, monkeypatch) -> None:
