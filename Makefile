@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned in the same resolve as the extras, so that nothing (e.g. torchvision via timm)
 # upgrades it to a multi-GB CUDA build on CPU machines. GPU machines: make TORCH="torch==X.Y.Z".
 TORCH ?= torch==2.13.0
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: install demo test lint bench clean
 

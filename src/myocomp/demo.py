@@ -106,8 +106,8 @@ def run_demo(
     """Run the demo; every output lands under ``out_dir`` (see the README)."""
     from myocomp.io import write_table
     from myocomp.pipeline.manifest import read_manifest
+    from myocomp.pipeline.params import resolve_batch_params
     from myocomp.pipeline.runner import open_client, run_batch
-    from myocomp.pipeline.task import BatchParams
     from myocomp.study.run import run_study
     from myocomp.synth.cohort import simulate_cohort, write_cohort
 
@@ -129,7 +129,7 @@ def run_demo(
         f"2/3 batch: {len(manifest)} participants on {workers} Dask workers"
         + (f" ({DEMO_MODEL} segments the unlabelled ones)" if model else "")
     )
-    params = BatchParams(model=model, device="cpu")
+    params = resolve_batch_params({"model": model, "device": "cpu"}, {})
     with open_client(workers=workers) as client:
         summary = run_batch(manifest, out / "batch", params, client)
     if summary.failed:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import re
-import zlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -115,51 +110,3 @@ def test_volume_range_flags_rows() -> None:
     flagged = set(out.loc[out["qc_volume_out_of_range"], "group"])
     assert flagged == {"back"}
     assert "back volume" in out["qc_notes"].iloc[0]
-
-
-def png_text_chunks(data: bytes) -> list[bytes]:
-    chunks, pos = [], 8
-    while pos < len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        if kind in (b"tEXt", b"iTXt"):
-            chunks.append(body)
-        if kind == b"zTXt":
-            chunks.append(zlib.decompress(body.split(b"\0", 1)[1][1:]))
-        pos += 12 + length
-    return chunks
-
-
-def test_png_and_html(tmp_path: Path) -> None:
-    p = make_phantom(0, **SMALL)
-    dixon, lm = volumes(p)
-    data = qc.render_png(dixon, lm, tmp_path / "a.png")
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "a.png").read_bytes() == data
-    assert not any(b"Software" in c for c in png_text_chunks(data))
-    entries = [
-        {
-            "participant_id": "A_ok",
-            "flags": {"qc_geometry": False},
-            "notes": "",
-            "png": tmp_path / "a.png",
-        },
-        {
-            "participant_id": "Z_bad",
-            "flags": {"qc_geometry": True},
-            "notes": "identity <affine>",
-            "png": tmp_path / "a.png",
-        },
-    ]
-    page = qc.write_qc_html(
-        tmp_path / "qc.html",
-        entries,
-        failed=[{"participant_id": "F1", "stage": "load", "reason": "truncated"}],
-    )
-    text = page.read_text()
-    assert text.index("Z_bad") < text.index("A_ok")  # flagged first
-    assert text.index("F1") < text.index("Z_bad")
-    assert "identity &lt;affine&gt;" in text
-    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
-    assert len(images) == 2 and base64.b64decode(images[0]) == data
-    assert "src='http" not in text and 'src="http' not in text  # self-contained

@@ -39,15 +39,6 @@ def run_ids(out: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def reference(cohort: Path, tmp_path_factory) -> Path:
-    """The reference run: --workers 2."""
-    out = tmp_path_factory.mktemp("batch") / "ref"
-    code = main(["batch", str(cohort), "--out", str(out), "--workers", "2", "--no-progress"])
-    assert code == 0
-    return out
-
-
 def test_failures_are_isolated_and_reported(reference, cohort: Path, capsys) -> None:
     out = reference
     metrics = pd.read_parquet(out / "metrics.parquet")
@@ -256,3 +247,22 @@ def test_killed_batch_resumes_without_redoing_finished_work(
     resumed = pd.read_parquet(killed / "metrics.parquet")
     pd.testing.assert_frame_equal(resumed, pd.read_parquet(out / "metrics.parquet"))
     assert not resumed.duplicated(["participant_id", "group"]).any()
+
+
+def test_dicom_folders_are_recorded_by_hash_unless_asked(reference, cohort: Path, tmp_path) -> None:
+    import hashlib
+
+    from myocomp.pipeline.manifest import read_manifest
+    from myocomp.pipeline.params import resolve_batch_params
+    from myocomp.pipeline.task import process_participant
+
+    (p,) = [p for p in read_manifest(cohort).participants if p.participant_id == "P15_dicom"]
+    text = (reference / "participants" / "P15_dicom" / "provenance.json").read_text()
+    assert str(p.dicom_dir) not in text and "P15_dicom/dicom" not in text
+    record = json.loads(text)["inputs"]["dicom"]
+    assert record["participant_id"] == "P15_dicom" and record["files"] == 16
+    assert record["folder_sha256"] == hashlib.sha256(str(p.dicom_dir).encode()).hexdigest()
+    params = resolve_batch_params({"record_paths": True}, {})
+    assert process_participant(p, tmp_path, params, "r").status == "done"
+    prov = json.loads((tmp_path / "participants" / "P15_dicom" / "provenance.json").read_text())
+    assert prov["inputs"]["dicom"]["folder"] == str(p.dicom_dir)

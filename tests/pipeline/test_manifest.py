@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from myocomp.pipeline.manifest import ManifestError, is_safe_participant_id, read_manifest
+from myocomp.pipeline.manifest import (
+    ManifestError,
+    ManifestRowError,
+    is_safe_participant_id,
+    read_manifest,
+)
 
 
 def touch(path: Path) -> Path:
@@ -60,7 +65,7 @@ def test_all_problems_are_listed_at_once(files: Path) -> None:
     m = write(
         files / "m.csv",
         "participant_id,water,fat,dicom_dir,labels,bmi\n"
-        "P1,a/water.nii.gz,a/missing.nii.gz,,,\n"  # missing file
+        "P1,a/water.nii.gz,a/missing.nii.gz,,,\n"  # missing file: that row's error, not here
         "P2,a/water.nii.gz,a/fat.nii.gz,,,abc\n"  # bad bmi
         "P1,a/water.nii.gz,a/fat.nii.gz,,,\n"  # duplicate id
         "../evil,a/water.nii.gz,a/fat.nii.gz,,,\n"  # unsafe id
@@ -73,7 +78,7 @@ def test_all_problems_are_listed_at_once(files: Path) -> None:
     with pytest.raises(ManifestError) as info:
         read_manifest(m)
     problems = "\n".join(info.value.problems)
-    assert "line 2 (P1): fat: file not found" in problems
+    assert "missing.nii.gz" not in problems
     assert "line 3 (P2): bmi 'abc' is not a number" in problems
     assert "line 4 (P1): duplicate participant_id (first on line 2)" in problems
     assert "line 5 (../evil): participant_id '../evil' is not a safe folder name" in problems
@@ -83,8 +88,8 @@ def test_all_problems_are_listed_at_once(files: Path) -> None:
     assert "line 9 (P8): labels given without a profile" in problems
     assert "line 10 (P9): fat is empty" in problems
     assert "line 10 (P9): bmi '-3' must be a positive number" in problems
-    assert len(info.value.problems) == 10
-    assert "10 problems in manifest" in str(info.value)
+    assert len(info.value.problems) == 9
+    assert "9 problems in manifest" in str(info.value)
 
 
 def test_unknown_label_profile_is_reported_up_front(files: Path) -> None:
@@ -127,7 +132,46 @@ def test_tsv_and_station_problems(files: Path) -> None:
     assert "line 2 (P1): stations: water stations are not numbered 1..2" in problems
     assert "line 2 (P1): stations: channels have different station counts" in problems
     assert "line 3 (P2): stations: channels have different station counts" in problems
-    assert "line 4 (P3): stations: folder not found" in problems
+    assert "P3" not in problems  # a missing folder is that row's error (see below)
+    with pytest.raises(ManifestError):
+        read_manifest(m, strict=True)
+
+
+def test_missing_or_unreadable_files_are_row_errors(files: Path) -> None:
+    (files / "a" / "folder.nii.gz").mkdir()
+    m = write(
+        files / "m.csv",
+        "participant_id,water,fat,stations\n"
+        "P1,a/water.nii.gz,a/fat.nii.gz,\n"
+        "P2,a/water.nii.gz,a/gone.nii.gz,\n"
+        "P3,a/folder.nii.gz,a/fat.nii.gz,\n"
+        "P4,,,nowhere\n",
+    )
+    man = read_manifest(m)
+    assert man.ids == ["P1"]
+    reasons = {e["participant_id"]: e["reason"] for e in man.row_errors}
+    assert {e["stage"] for e in man.row_errors} == {"manifest"}
+    assert reasons["P2"].startswith("line 3: fat: file not found:")
+    assert reasons["P3"].startswith("line 4: water: not a regular file:")
+    assert reasons["P4"].startswith("line 5: stations: folder not found:")
+    with pytest.raises(ManifestRowError) as info:
+        read_manifest(m, strict=True)
+    assert len(info.value.problems) == 3
+
+
+def test_a_bad_profile_file_is_that_rows_error(files: Path) -> None:
+    (files / "bad.json").write_text('{"labels": {"background": 0, "autochthon_left": "abc"}}')
+    m = write(
+        files / "m.csv",
+        "participant_id,water,fat,labels,profile\n"
+        "P1,a/water.nii.gz,a/fat.nii.gz,a/labels.nii.gz,mrsegmentator\n"
+        "P2,a/water.nii.gz,a/fat.nii.gz,a/labels.nii.gz,bad.json\n",
+    )
+    man = read_manifest(m)
+    assert man.ids == ["P1"]
+    (error,) = man.row_errors
+    assert error["participant_id"] == "P2" and error["reason"].startswith("line 3: profile:")
+    assert "\n" not in error["reason"]
 
 
 def test_empty_manifest_and_missing_file(tmp_path: Path) -> None:

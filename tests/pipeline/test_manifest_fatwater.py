@@ -52,8 +52,12 @@ def test_manifest_problems(cohort, tmp_path):
         read_manifest(m, default_profile="mrsegmentator")
     text = str(info.value)
     assert "ff_map needs a labels column" in text
-    assert "echoes: folder not found" in text
     assert "more than one image source" in text
+    assert "X2" not in text  # a missing folder is that row's error (issue 8 item 5), not the manifest's
+    m.write_text("participant_id,water,fat,ff_map,echoes,labels\n"
+                 f"X2,,,,{cohort}/nope,{cohort}/A/labels.nii.gz\n")
+    (row,) = read_manifest(m, default_profile="mrsegmentator").row_errors
+    assert row["participant_id"] == "X2" and "echoes: folder not found" in row["reason"]
 
 
 def test_batch_task_ff_map_equals_water_fat_and_echoes_run(cohort, tmp_path):

@@ -73,3 +73,115 @@ def test_missing_table_and_bad_toml(tmp_path: Path) -> None:
         load_slurm_config(tmp_path / "b.toml")
     with pytest.raises(ConfigError, match="not found"):
         load_slurm_config(tmp_path / "c.toml")
+
+
+# --- a real single-node SLURM cluster (fixture `slurm`, see slurm_local.py) ---------------------
+
+SLURM_TOML = """
+[slurm]
+queue = "debug"
+cores = 1
+processes = 1
+memory = "1GB"
+walltime = "00:30:00"
+jobs = 2
+death_timeout = 60
+log_directory = "{logs}"
+python = "{python}"
+scheduler_options = {{ host = "127.0.0.1" }}
+"""
+
+
+def slurm_toml(tmp_path: Path) -> tuple[Path, Path]:
+    import sys
+
+    logs = tmp_path / "job-logs"
+    path = tmp_path / "slurm.toml"
+    path.write_text(SLURM_TOML.format(logs=logs, python=sys.executable))
+    return path, logs
+
+
+@pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")
+def test_real_slurm_jobs_give_the_same_tables(slurm, cohort, reference, tmp_path, capsys) -> None:
+    import pandas as pd
+
+    from myocomp.cli import main
+
+    config, logs = slurm_toml(tmp_path)
+    out = tmp_path / "out"
+    code = main(["batch", str(cohort), "--out", str(out), "--slurm", str(config), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0 and "20 participants: 17 done, 0 skipped, 3 failed" in text, text
+    for name in ("metrics.parquet", "slices.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / name), pd.read_parquet(reference / name))
+    assert (out / "errors.csv").read_text() == (reference / "errors.csv").read_text()
+    job_logs = sorted(p.name for p in logs.glob("dask-worker-*.err"))
+    assert job_logs, f"no job logs in {logs}"  # where log_directory says
+    assert any("Starting Worker" in p.read_text() for p in logs.glob("dask-worker-*.err"))
+    import time
+
+    deadline = time.monotonic() + 60
+    while slurm.jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not slurm.jobs()  # the jobs ended with the batch
+
+
+@pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")
+def test_a_cancelled_worker_job_loses_and_duplicates_nothing(slurm, tmp_path, capsys) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    from myocomp.cli import main
+    from myocomp.synth.phantom import write_phantom
+
+    from .cohort import PHANTOM
+
+    n = 240
+    write_phantom(tmp_path / "ph", seed=5, **PHANTOM)
+    rows = [f"S{i:03d},ph/water.nii.gz,ph/fat.nii.gz,ph/labels.nii.gz,mrsegmentator"
+            for i in range(n)]  # fmt: skip
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("participant_id,water,fat,labels,profile\n" + "\n".join(rows) + "\n")
+    config, _ = slurm_toml(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from myocomp.cli import main; sys.exit(main(sys.argv[1:]))",
+           "batch", str(manifest), "--out", str(out), "--slurm", str(config), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    cancelled = None
+    try:
+        deadline = time.monotonic() + 240
+        while cancelled is None:
+            done = len(list((out / "participants").glob("*/provenance.json")))
+            jobs = slurm.jobs()
+            if done >= 20 and len(jobs) == 2:
+                cancelled = jobs[0]
+                slurm.run("scancel", cancelled)
+            assert proc.poll() is None, f"the batch ended before a job was cancelled: {done} done"
+            assert time.monotonic() < deadline, "the batch made no progress"
+            time.sleep(0.2)
+        output, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done_at_cancel = done
+    assert done_at_cancel < n, "cancelled too late to test anything"
+    if proc.returncode != 0 or " 0 failed" not in output:  # Dask gave up on some: resume
+        assert main(["batch", str(manifest), "--out", str(out), "--workers", "2", "--resume",
+                     "--no-progress"]) == 0  # fmt: skip
+        assert " 0 failed" in capsys.readouterr().out
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert sorted(metrics["participant_id"].unique()) == [f"S{i:03d}" for i in range(n)]
+    assert not metrics.duplicated(["participant_id", "group"]).any()
+    first = metrics[metrics["participant_id"] == "S000"].drop(columns="participant_id")
+    for _, rows_ in metrics.groupby("participant_id"):
+        pd.testing.assert_frame_equal(
+            rows_.drop(columns="participant_id").reset_index(drop=True),
+            first.reset_index(drop=True),
+        )

@@ -127,7 +127,9 @@ def test_store_merge_sorts_and_reports_current(tmp_path: Path) -> None:
     for pid, groups in (("B", ["psoas", "back"]), ("A", ["psoas", "back"])):
         write_table(pd.DataFrame({"participant_id": pid, "group": groups, "volume_ml": [1.0, 2.0]}),
                     store.path(pid, "metrics.parquet"))  # fmt: skip
-    merged = store.merge(["B", "A"])
+    qc = store.merge(["B", "A"])
+    assert [pid for pid, _, _ in qc] == ["A", "B"]
+    merged = pd.read_parquet(tmp_path / "metrics.parquet")
     assert list(zip(merged["participant_id"], merged["group"], strict=True)) == [
         ("A", "back"), ("A", "psoas"), ("B", "back"), ("B", "psoas")
     ]  # fmt: skip

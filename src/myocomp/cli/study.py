@@ -33,10 +33,12 @@ def study(
     study succeeded; inputs are never overwritten.
     """
     import time
+    import uuid
 
     from myocomp.cli.app import captured_warnings
     from myocomp.io import check_output_paths, staged_outputs, write_text
     from myocomp.options import check_options
+    from myocomp.pipeline.lock import output_lock
     from myocomp.study.phenotypes import load_config
     from myocomp.study.run import run_study
 
@@ -47,7 +49,10 @@ def study(
                                            include_flagged=include_flagged or None)
     console = _console()
     start = time.perf_counter()
-    with staged_outputs(protect=[p for p in inputs.values() if p is not None]) as stage:
+    with (
+        output_lock(out, uuid.uuid4().hex, "study", say=console.print),  # one run per --out
+        staged_outputs(protect=[p for p in inputs.values() if p is not None]) as stage,
+    ):
         folder = stage.folder(out)
         result = run_study(data, metrics=metrics, config=cfg, out_dir=folder,
                            progress=lambda msg: console.print(f"[bold blue]•[/] {msg}"))

@@ -1,4 +1,5 @@
-"""Quality control of one participant: flags, an overlay image, and the cohort QC page.
+"""Quality control of one participant: the flags (the QC image and page are drawn by
+:mod:`myocomp.pipeline.qc_page`).
 
 Flags (columns of ``metrics.parquet``, True = suspicious):
 
@@ -35,12 +36,8 @@ opposed-phase image given as in-phase, ``|W - F|``).
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -389,155 +386,3 @@ def add_flag_columns(
         notes.append(f"{', '.join(cut)} cut by the field of view (touches the first or last slice)")
     out["qc_notes"] = "; ".join(notes)
     return out
-
-
-def _outline(labels: np.ndarray, ids: Iterable[int]) -> np.ndarray:
-    """Pixels of a 2-D label image that lie on the border of one of ``ids``."""
-    inside = np.isin(labels, list(ids))
-    edge = np.zeros_like(inside)
-    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
-    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    return inside & edge
-
-
-def _panel(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float], cmap, lim, ids):
-    """An RGB uint8 panel of a 2-D slice (x right, superior/anterior up), outlines in cyan."""
-    base = min(spacing)
-    reps = [max(1, int(round(s / base))) for s in spacing]
-    img = np.repeat(np.repeat(image, reps[0], axis=0), reps[1], axis=1)
-    lab = np.repeat(np.repeat(labels, reps[0], axis=0), reps[1], axis=1)
-    norm = np.clip((np.nan_to_num(img, nan=0.0) - lim[0]) / (lim[1] - lim[0]), 0.0, 1.0)
-    rgb = (cmap(norm)[..., :3] * 255).astype(np.uint8)
-    rgb[_outline(lab, ids)] = (0, 255, 255)
-    return np.flipud(np.transpose(rgb, (1, 0, 2)))  # rows = second axis, pointing up
-
-
-def render_png(
-    dixon,
-    labelmap,
-    path: str | Path | None = None,
-    ff: np.ndarray | None = None,
-    width: int = 320,
-) -> bytes:
-    """Coronal and axial slices through the muscles: water image and FF map (0-1) with muscle
-    outlines; a 2 x 2 grid of panels about ``width`` pixels wide.
-
-    Returns the PNG bytes and writes them atomically to ``path`` if given. The PNG holds pixels
-    only: no text chunks (no software or author; the QC page prints the participant id).
-    """
-    from matplotlib import colormaps
-    from PIL import Image
-
-    from myocomp.imaging.labels import is_muscle
-
-    names = labelmap.profile.ids
-    muscle_ids = [i for i, n in names.items() if is_muscle(n)]
-    mask = np.isin(labelmap.data, muscle_ids)
-    if ff is None:
-        ff = (
-            qc_fat_fraction(dixon)
-            if dixon.fat is not None
-            else np.full(dixon.shape, np.nan, np.float32)
-        )
-    if mask.any():
-        cy, cz = (int(v) for v in np.round(np.median(np.argwhere(mask), axis=0))[1:])
-    else:
-        cy, cz = dixon.shape[1] // 2, dixon.shape[2] // 2
-    sx, sy, sz = dixon.spacing_mm
-    water = np.nan_to_num(dixon.water)
-    vmax = float(np.percentile(water, 99.5)) or 1.0
-    gray, magma = colormaps["gray"], colormaps["magma"]
-    rows = []
-    for cut, spacing in (
-        ((slice(None), cy, slice(None)), (sx, sz)),
-        ((slice(None), slice(None), cz), (sx, sy)),
-    ):
-        lab = labelmap.data[cut]
-        left = _panel(water[cut], lab, spacing, gray, (0.0, vmax), muscle_ids)
-        right = _panel(ff[cut], lab, spacing, magma, (0.0, 1.0), muscle_ids)
-        scale = max(1, int(round(width / left.shape[1])))
-        pair = np.concatenate([left, np.zeros((left.shape[0], 4, 3), np.uint8), right], axis=1)
-        rows.append(np.repeat(np.repeat(pair, scale, axis=0), scale, axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    buf = io.BytesIO()
-    Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG", optimize=False)
-    data = buf.getvalue()
-    if path is not None:
-        from myocomp.io import atomic_path
-
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    return data
-
-
-def write_qc_html(
-    path: str | Path,
-    entries: Iterable[Mapping[str, Any]],
-    *,
-    failed: Iterable[Mapping[str, str]] = (),
-    max_unflagged_images: int = 200,
-) -> Path:
-    """Write a self-contained QC page: failures, then flagged participants, then the rest.
-
-    ``entries``: mappings with ``participant_id``, ``flags`` (column -> bool), ``notes`` (str)
-    and ``png`` (path or None). Images are inlined as base64 for every flagged participant and
-    for the first ``max_unflagged_images`` others (the page must stay openable for a cohort).
-    """
-    from myocomp.io import write_text
-
-    entries = sorted(entries, key=lambda e: (not any(e["flags"].values()), e["participant_id"]))
-    failed = sorted(failed, key=lambda e: e["participant_id"])
-    n_flagged = sum(any(e["flags"].values()) for e in entries)
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>myocomp QC</title>",
-        "<style>body{font-family:sans-serif;margin:1em}.p{border:1px solid #ccc;margin:.5em 0;"
-        "padding:.5em}.flag{background:#fff3f0}.f{color:#b00;font-weight:bold}img{max-width:520px}"
-        "td,th{padding:2px 8px;text-align:left}</style></head><body>",
-        f"<h1>myocomp QC</h1><p>{len(entries)} participants with results, {n_flagged} flagged, "
-        f"{len(failed)} failed.</p>",
-    ]
-    if failed:
-        parts.append(
-            "<h2>Failed</h2><table><tr><th>participant</th><th>stage</th><th>reason</th></tr>"
-        )
-        for e in failed:
-            parts.append(
-                "<tr>"
-                + "".join(
-                    f"<td>{html.escape(str(e.get(k, '')))}</td>"
-                    for k in ("participant_id", "stage", "reason")
-                )
-                + "</tr>"
-            )
-        parts.append("</table>")
-    parts.append("<h2>Participants (flagged first)</h2>")
-    shown_unflagged = 0
-    for e in entries:
-        flagged = any(e["flags"].values())
-        raised = [k for k, v in e["flags"].items() if v]
-        parts.append(
-            f"<div class='p{' flag' if flagged else ''}'><b>{html.escape(e['participant_id'])}</b> "
-        )
-        if flagged:
-            parts.append(f"<span class='f'>{html.escape(', '.join(raised))}</span>")
-            if e.get("notes"):
-                parts.append(f"<br><small>{html.escape(str(e['notes']))}</small>")
-        else:
-            parts.append("ok")
-        png = e.get("png")
-        if (
-            png is not None
-            and Path(png).is_file()
-            and (flagged or shown_unflagged < max_unflagged_images)
-        ):
-            shown_unflagged += 0 if flagged else 1
-            b64 = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-            parts.append(
-                f"<br><img alt='QC {html.escape(e['participant_id'])}' src='data:image/png;base64,{b64}'>"
-            )
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return write_text("\n".join(parts) + "\n", path)

@@ -3,7 +3,9 @@
 Dask is imported only when a batch runs (:func:`myocomp.pipeline.runner.open_client`).
 """
 
+from myocomp.pipeline.lock import OutputLockedError, output_lock
 from myocomp.pipeline.manifest import Manifest, ManifestError, Participant, read_manifest
+from myocomp.pipeline.params import RunOptions, resolve_batch_params, resolve_run_options
 from myocomp.pipeline.runner import (
     BatchSummary,
     SlurmConfig,
@@ -20,16 +22,21 @@ __all__ = [
     "BatchSummary",
     "Manifest",
     "ManifestError",
+    "OutputLockedError",
     "Participant",
     "ResultStore",
+    "RunOptions",
     "SlurmConfig",
     "TaskOutcome",
     "hash_inputs",
     "load_slurm_config",
     "open_client",
+    "output_lock",
     "parse_slurm_config",
     "process_participant",
     "read_manifest",
+    "resolve_batch_params",
+    "resolve_run_options",
     "run_batch",
     "sha256_file",
 ]

@@ -25,6 +25,11 @@ Image source, exactly one per row:
     A vertebra label map on the image grid (per-level metrics ``levels.parquet``, groups such as
     ``back_L1_L5``), its profile (default ``totalsegmentator_vertebrae_mr``), and the body
     height in cm (100-250) for the L3 skeletal-muscle index.
+
+Problems of the manifest itself (header, columns, ids, values) stop before anything runs, all
+listed at once (:class:`ManifestError`). A row whose files are missing or unreadable (or whose
+profile file cannot be read) does not stop the others: it becomes one of
+:attr:`Manifest.row_errors` (an ``errors.csv`` row of stage ``manifest``), unless ``strict``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import csv
 import difflib
 import io
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +77,10 @@ class ManifestError(DataError):
         if n > 5:
             head += f"; ... and {n - 5} more"
         super().__init__(head, source=source)
+
+
+class ManifestRowError(ManifestError):
+    """``strict`` only: rows whose files are missing or unreadable (the manifest itself is fine)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,8 @@ class Manifest:
 
     path: Path
     participants: tuple[Participant, ...]
+    #: Rows left out because of their files: ``participant_id``, ``stage`` ("manifest"), ``reason``.
+    row_errors: tuple[dict[str, str], ...] = ()
 
     def __len__(self) -> int:
         return len(self.participants)
@@ -160,12 +172,16 @@ def _delimiter(path: Path, first_line: str) -> str:
     return "\t" if "\t" in first_line and "," not in first_line else ","
 
 
-def read_manifest(path: str | Path, *, default_profile: str | None = None) -> Manifest:
+def read_manifest(
+    path: str | Path, *, default_profile: str | None = None, strict: bool = False
+) -> Manifest:
     """Read and validate a manifest; raise :class:`ManifestError` listing every problem.
 
-    Checks: known columns, one image source per row, files and folders exist, participant ids
-    are safe folder names and unique, rows have the header's number of fields, ``bmi`` is a
-    positive number, label maps have a profile (their own or ``default_profile``).
+    Checks: known columns, one image source per row, participant ids are safe folder names and
+    unique, rows have the header's number of fields, ``bmi`` is a positive number, label maps
+    have a profile (their own or ``default_profile``). Rows whose files or folders are missing or
+    unreadable become :attr:`Manifest.row_errors`; with ``strict`` they raise
+    :class:`ManifestRowError` (listing every one) instead.
     """
     path = Path(path)
     if not path.is_file():
@@ -181,21 +197,13 @@ def read_manifest(path: str | Path, *, default_profile: str | None = None) -> Ma
         raise ManifestError(["the file is empty (a header row is needed)"], source=path)
     rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(path, lines[0])))
     header = [h.strip() for h in rows[0]]
-    problems: list[str] = []
-    unknown = [h for h in header if h not in COLUMNS]
-    for name in unknown:
-        close = difflib.get_close_matches(name, COLUMNS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"unknown column {name!r}{hint}")
-    if "participant_id" not in header:
-        problems.append("missing column 'participant_id'")
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    problems.extend(f"column {h!r} appears more than once" for h in dupes)
+    problems = _header_problems(header)
     if problems:
         raise ManifestError(problems, source=path)
 
     base = path.parent.resolve()
     participants: list[Participant] = []
+    row_errors: list[dict[str, str]] = []
     seen: dict[str, int] = {}
     for lineno, raw in enumerate(rows[1:], start=2):
         if not raw or all(not v.strip() for v in raw):
@@ -205,7 +213,8 @@ def read_manifest(path: str | Path, *, default_profile: str | None = None) -> Ma
             continue
         row = {h: v.strip() for h, v in zip(header, raw, strict=True)}
         row_problems: list[str] = []
-        participant = _parse_row(row, lineno, base, default_profile, row_problems)
+        file_problems: list[str] = []
+        participant = _parse_row(row, lineno, base, default_profile, row_problems, file_problems)
         pid = row.get("participant_id", "")
         if pid in seen:
             row_problems.append(f"duplicate participant_id (first on line {seen[pid]})")
@@ -213,23 +222,57 @@ def read_manifest(path: str | Path, *, default_profile: str | None = None) -> Ma
             seen[pid] = lineno
         label = f"line {lineno} ({pid})" if pid else f"line {lineno}"
         problems.extend(f"{label}: {p}" for p in row_problems)
-        if participant is not None and not row_problems:
+        if row_problems:
+            continue
+        if file_problems:
+            reason = f"line {lineno}: " + "; ".join(file_problems)
+            row_errors.append({"participant_id": pid, "stage": "manifest", "reason": reason})
+        elif participant is not None:
             participants.append(participant)
-    problems.extend(_check_profiles(participants))
+    bad_profiles, profile_errors = _check_profiles(participants)
+    problems.extend(bad_profiles)
     if problems:
         raise ManifestError(problems, source=path)
-    if not participants:
+    participants = [p for p in participants if p.participant_id not in profile_errors]
+    row_errors.extend(
+        {"participant_id": pid, "stage": "manifest", "reason": reason}
+        for pid, reason in profile_errors.items()
+    )
+    if strict and row_errors:
+        raise ManifestRowError(
+            [f"{e['participant_id']}: {e['reason']}" for e in row_errors], source=path
+        )
+    if not participants and not row_errors:
         raise ManifestError(["no participant rows"], source=path)
-    return Manifest(path=path.resolve(), participants=tuple(participants))
+    return Manifest(
+        path=path.resolve(), participants=tuple(participants), row_errors=tuple(row_errors)
+    )
 
 
-def _check_profiles(participants: list[Participant]) -> list[str]:
-    """One problem per row whose label profile is unknown or unreadable (checked once each)."""
-    from myocomp.errors import MyocompError
+def _header_problems(header: list[str]) -> list[str]:
+    problems: list[str] = []
+    for name in (h for h in header if h not in COLUMNS):
+        close = difflib.get_close_matches(name, COLUMNS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"unknown column {name!r}{hint}")
+    if "participant_id" not in header:
+        problems.append("missing column 'participant_id'")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    problems.extend(f"column {h!r} appears more than once" for h in dupes)
+    return problems
+
+
+def _check_profiles(participants: list[Participant]) -> tuple[list[str], dict[str, str]]:
+    """Rows whose label profile is unusable (each profile checked once): an unknown built-in
+    name is a manifest problem; a profile file that cannot be read is that row's error.
+
+    Returns (manifest problems, {participant_id: reason}).
+    """
     from myocomp.imaging.labels import get_profile
 
     verdict: dict[str, str | None] = {}
-    problems = []
+    problems: list[str] = []
+    row_errors: dict[str, str] = {}
     for p in participants:
         if p.labels is None or p.profile is None or p.profile.lower() == "auto":
             continue
@@ -237,11 +280,31 @@ def _check_profiles(participants: list[Participant]) -> list[str]:
             try:
                 get_profile(p.profile)
                 verdict[p.profile] = None
-            except MyocompError as exc:
-                verdict[p.profile] = str(exc).splitlines()[0]
-        if verdict[p.profile]:
+            except Exception as exc:  # noqa: BLE001 - any unreadable profile is this row's problem
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                verdict[p.profile] = text or type(exc).__name__
+        if not verdict[p.profile]:
+            continue
+        message = f"line {p.line}: profile: {verdict[p.profile]}"
+        if _looks_like_path(p.profile):
+            row_errors[p.participant_id] = message
+        else:
             problems.append(f"line {p.line} ({p.participant_id}): profile: {verdict[p.profile]}")
-    return problems
+    return problems, row_errors
+
+
+def file_problem(path: Path, *, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be used as an input file (or folder), or None. Opens nothing."""
+    kind = "folder" if folder else "file"
+    if not path.exists():
+        return f"{kind} not found: {path}"
+    if folder and not path.is_dir():
+        return f"not a folder: {path}"
+    if not folder and not path.is_file():
+        return f"not a regular file: {path}"
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        return f"{kind} not readable (permission denied): {path}"
+    return None
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -250,7 +313,12 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 def _parse_row(
-    row: dict[str, str], lineno: int, base: Path, default_profile: str | None, problems: list[str]
+    row: dict[str, str],
+    lineno: int,
+    base: Path,
+    default_profile: str | None,
+    problems: list[str],
+    missing: list[str],
 ) -> Participant | None:
     pid = row.get("participant_id", "")
     if not pid:
@@ -266,25 +334,12 @@ def _parse_row(
         if not value:
             return None
         p = _resolve(base, value)
-        if folder and not p.is_dir():
-            problems.append(f"{column}: folder not found: {p}")
-        elif not folder and not p.is_file():
-            problems.append(f"{column}: file not found: {p}")
+        why = file_problem(p, folder=folder)
+        if why:
+            missing.append(f"{column}: {why}")
         return p
 
-    sources = []
-    if row.get("water") or row.get("fat"):
-        sources.append("water/fat")
-    if row.get("dicom_dir"):
-        sources.append("dicom_dir")
-    if row.get("stations") or any(row.get(c) for c in STATION_COLUMNS):
-        sources.append("stations")
-    sources += [c for c in ("ff_map", "echoes") if row.get(c)]
-    if not sources:
-        problems.append("no image source: give water + fat, dicom_dir, or stations")
-    elif len(sources) > 1:
-        problems.append(f"more than one image source ({', '.join(sources)}); give exactly one")
-
+    sources = _sources(row, problems)
     kind = {"water/fat": "nifti", "dicom_dir": "dicom", "stations": "stations",
             "ff_map": "ff_map", "echoes": "echoes"}.get(
         sources[0] if len(sources) == 1 else "", ""
@@ -301,13 +356,13 @@ def _parse_row(
     elif kind == "dicom":
         dicom_dir = file("dicom_dir", folder=True)
     elif kind == "stations":
-        stations = _parse_stations(row, base, problems)
+        stations = _parse_stations(row, base, problems, missing)
     extra = {c: None for c in ("ff_map", "echoes")}
     if kind in extra:
         extra[kind] = _resolve(base, row[kind])
-        if not extra[kind].exists() or (kind == "echoes" and not extra[kind].is_dir()):
-            problems.append(f"{kind}: {'folder' if kind == 'echoes' else 'file'} not found: "
-                            f"{extra[kind]}")
+        why = file_problem(extra[kind], folder=kind == "echoes" or extra[kind].is_dir())
+        if why:
+            missing.append(f"{kind}: {why}")
         if not row.get("labels"):
             problems.append(f"{kind} needs a labels column (no segmentation of fat fractions)")
     if kind and kind != "nifti" and any(row.get(c) for c in ("in_phase", "opposed_phase")):
@@ -317,21 +372,14 @@ def _parse_row(
     profile = row.get("profile") or default_profile
     if profile and _looks_like_path(profile):
         resolved = _resolve(base, profile)
-        if not resolved.is_file():
-            problems.append(f"profile: file not found: {resolved}")
+        why = file_problem(resolved)
+        if why:
+            missing.append(f"profile: {why}")
         profile = str(resolved)
     if labels is not None and not profile:
         problems.append("labels given without a profile (add a profile column or --profile)")
 
-    bmi: float | None = None
-    if row.get("bmi"):
-        try:
-            bmi = float(row["bmi"])
-        except ValueError:
-            problems.append(f"bmi {row['bmi']!r} is not a number")
-        else:
-            if not math.isfinite(bmi) or bmi <= 0:
-                problems.append(f"bmi {row['bmi']!r} must be a positive number (kg/m^2)")
+    bmi = _bmi(row, problems)
     vertebrae, vertebrae_profile, height_cm = _parse_levels(row, base, file, problems)
     if problems or not kind:
         return None
@@ -378,8 +426,38 @@ def _parse_levels(row: dict[str, str], base: Path, file, problems: list[str]):
     return vertebrae, profile, height
 
 
+def _sources(row: dict[str, str], problems: list[str]) -> list[str]:
+    """The image sources a row gives (exactly one is needed)."""
+    sources: list[str] = []
+    if row.get("water") or row.get("fat"):
+        sources.append("water/fat")
+    if row.get("dicom_dir"):
+        sources.append("dicom_dir")
+    if row.get("stations") or any(row.get(c) for c in STATION_COLUMNS):
+        sources.append("stations")
+    sources += [c for c in ("ff_map", "echoes") if row.get(c)]
+    if not sources:
+        problems.append("no image source: give water + fat, dicom_dir, or stations")
+    elif len(sources) > 1:
+        problems.append(f"more than one image source ({', '.join(sources)}); give exactly one")
+    return sources
+
+
+def _bmi(row: dict[str, str], problems: list[str]) -> float | None:
+    bmi: float | None = None
+    if row.get("bmi"):
+        try:
+            bmi = float(row["bmi"])
+        except ValueError:
+            problems.append(f"bmi {row['bmi']!r} is not a number")
+        else:
+            if not math.isfinite(bmi) or bmi <= 0:
+                problems.append(f"bmi {row['bmi']!r} must be a positive number (kg/m^2)")
+    return bmi
+
+
 def _parse_stations(
-    row: dict[str, str], base: Path, problems: list[str]
+    row: dict[str, str], base: Path, problems: list[str], missing: list[str]
 ) -> dict[str, tuple[Path, ...]]:
     if row.get("stations") and any(row.get(c) for c in STATION_COLUMNS):
         problems.append("give either a stations folder or <channel>_stations lists, not both")
@@ -387,8 +465,9 @@ def _parse_stations(
     found: dict[str, dict[int, Path]] = {}
     if row.get("stations"):
         folder = _resolve(base, row["stations"])
-        if not folder.is_dir():
-            problems.append(f"stations: folder not found: {folder}")
+        why = file_problem(folder, folder=True)
+        if why:
+            missing.append(f"stations: {why}")
             return {}
         for p in sorted(folder.iterdir()):
             m = _STATION_FILE.match(p.name)
@@ -408,8 +487,9 @@ def _parse_stations(
                 continue
             paths = tuple(_resolve(base, v.strip()) for v in value.split(";") if v.strip())
             for p in paths:
-                if not p.is_file():
-                    problems.append(f"{ch}_stations: file not found: {p}")
+                why = file_problem(p)
+                if why:
+                    missing.append(f"{ch}_stations: {why}")
             ordered[ch] = paths
     for ch in ("water", "fat"):
         if not ordered.get(ch):

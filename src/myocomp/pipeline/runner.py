@@ -1,26 +1,37 @@
 """Dask execution of a batch: a local cluster, an existing scheduler, or SLURM via dask-jobqueue.
 
-One task per participant (:func:`myocomp.pipeline.task.process_participant`); results are
-collected as they finish, then merged in a fixed order, so the outputs do not depend on the
-scheduler, the number of workers or the order of completion.
+Participants go to the workers in small chunks (:func:`myocomp.pipeline.task.process_chunk`),
+submitted in a bounded window so that a cohort of 100,000 never means 100,000 futures at once;
+on ``--resume`` the driver first skips participants whose outputs and input fingerprints are
+unchanged (no input byte read). Results are collected as they finish, then merged in a fixed
+order, so the outputs do not depend on the scheduler, the number of workers or the order of
+completion.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from myocomp.errors import ConfigError
+from myocomp.errors import ConfigError, InputFileError
 from myocomp.pipeline.manifest import Manifest
 from myocomp.pipeline.store import ResultStore
-from myocomp.pipeline.task import BatchParams, TaskOutcome, process_participant
+from myocomp.pipeline.task import (
+    TIMED_STAGES,
+    BatchParams,
+    TaskOutcome,
+    is_unchanged,
+    process_chunk,
+)
 
 #: Keys of a ``[slurm]`` table passed on to :class:`dask_jobqueue.SLURMCluster`.
 SLURM_CLUSTER_KEYS = frozenset(
@@ -124,9 +135,46 @@ def load_slurm_config(path: str | Path) -> SlurmConfig:
     return parse_slurm_config(data["slurm"], source=path)
 
 
+#: Seconds to wait for a Dask scheduler to answer (``--scheduler-timeout``).
+SCHEDULER_TIMEOUT_S = 15.0
+
+
+def check_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> None:
+    """Connect to a Dask scheduler and wait for its reply to one request, within ``timeout``
+    seconds in all; :class:`ConfigError` if it does not answer (a listener that accepts TCP and
+    never speaks, a wrong port, no route)."""
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            await comm.read()
+        finally:
+            comm.abort()
+
+    async def bounded() -> None:
+        await asyncio.wait_for(probe(), timeout)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:  # in a thread of its own: works whether or not the caller runs an event loop
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, bounded()).result()
+    except (OSError, TimeoutError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        raise ConfigError(
+            f"cannot connect to the Dask scheduler at {address} within {timeout:g} s ({reason})"
+        ) from exc
+
+
 @contextmanager
 def open_client(
-    *, workers: int | None = None, scheduler: str | None = None, slurm: SlurmConfig | None = None
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    slurm: SlurmConfig | None = None,
+    scheduler_timeout: float = SCHEDULER_TIMEOUT_S,
 ) -> Iterator[Any]:
     """A :class:`distributed.Client` for a local cluster (``workers`` processes, one thread each),
     an existing ``scheduler`` address, or a SLURM cluster; everything it started is closed on exit.
@@ -136,8 +184,9 @@ def open_client(
     if sum(x is not None for x in (workers, scheduler, slurm)) > 1:
         raise ConfigError("give only one of --workers, --scheduler, --slurm")
     if scheduler is not None:
+        check_scheduler(scheduler, scheduler_timeout)
         try:
-            client = Client(scheduler, timeout="15s")
+            client = Client(scheduler, timeout=f"{scheduler_timeout}s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
                 f"cannot connect to the Dask scheduler at {scheduler} ({exc})"
@@ -178,6 +227,17 @@ def open_client(
         cluster.close()
 
 
+def dashboard_link(client: Any) -> str | None:
+    """The Dask dashboard's address, or None when the scheduler serves none."""
+    try:
+        info = client.scheduler_info()
+        if "dashboard" not in info.get("services", {}):
+            return None
+        return str(client.dashboard_link)
+    except Exception:  # noqa: BLE001 - the dashboard is optional
+        return None
+
+
 @dataclass
 class BatchSummary:
     """Counts and timing of one batch run; ``errors`` are the rows of ``errors.csv``."""
@@ -190,6 +250,8 @@ class BatchSummary:
     failed: int = 0
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)
+    stage_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    dashboard: str | None = None
 
     @property
     def finished(self) -> int:
@@ -207,6 +269,67 @@ class BatchSummary:
         d["out_dir"] = str(self.out_dir)
         return d
 
+    def count(self, outcome: TaskOutcome) -> None:
+        """Add one participant's outcome."""
+        if outcome.status == "failed":
+            self.failed += 1
+            self.errors.append(
+                {
+                    "participant_id": outcome.participant_id,
+                    "stage": outcome.stage,
+                    "reason": outcome.reason,
+                }
+            )
+        else:
+            self.done += outcome.status == "done"
+            self.skipped += outcome.status == "skipped"
+
+
+class StageTimes:
+    """Seconds per stage of the participants computed in this run, summarised as median and
+    95th percentile (``batch.json`` ``stage_seconds``). Stores 4 bytes per participant and stage."""
+
+    def __init__(self) -> None:
+        from array import array
+
+        self._values = {s: array("f") for s in TIMED_STAGES}
+
+    def add(self, stages: dict[str, float]) -> None:
+        for stage, value in stages.items():
+            if stage in self._values:
+                self._values[stage].append(value)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        import numpy as np
+
+        out = {}
+        for stage, values in self._values.items():
+            if len(values):
+                v = np.frombuffer(values, dtype=np.float32).astype(float)
+                out[stage] = {
+                    "n": int(v.size),
+                    "median": round(float(np.median(v)), 6),
+                    "p95": round(float(np.percentile(v, 95)), 6),
+                }
+        return out
+
+
+def chunk_size(n: int, workers: int) -> int:
+    """Participants per task: 1 for small batches, up to 16 when there are many per worker."""
+    return max(1, min(16, n // (max(1, workers) * 8)))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _n_workers(client: Any) -> int:
+    try:
+        return max(1, len(client.scheduler_info().get("workers", {})))
+    except Exception:  # noqa: BLE001 - only a sizing hint
+        return 1
+
 
 def run_batch(
     manifest: Manifest,
@@ -215,87 +338,137 @@ def run_batch(
     client: Any,
     *,
     resume: bool = False,
+    verify_hashes: bool = False,
+    run_id: str | None = None,
     on_result: Callable[[TaskOutcome, BatchSummary], None] | None = None,
 ) -> BatchSummary:
     """Run every participant of ``manifest`` on ``client`` and write the merged outputs.
 
-    Writes ``participants/<id>/*`` (in the tasks), then ``metrics.parquet``, ``slices.parquet``,
-    ``errors.csv``, ``qc.html`` and ``batch.json`` in ``out_dir``. ``on_result`` is called after
-    each participant (for progress display).
+    Writes ``participants/<id>/*`` (in the tasks), then ``errors.csv``, ``metrics.parquet``,
+    ``slices.parquet``, ``qc.html`` and ``batch.json`` in ``out_dir``. Rows the manifest could
+    not use (``manifest.row_errors``) are failures of stage ``manifest``. ``on_result`` is called
+    after each participant (for progress display).
     """
-    from distributed import as_completed
-
-    from myocomp.io import write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out)
-    run_id = uuid.uuid4().hex
-    summary = BatchSummary(run_id=run_id, out_dir=out, total=len(manifest))
+    run_id = run_id or uuid.uuid4().hex
+    row_errors = list(getattr(manifest, "row_errors", ()))
+    summary = BatchSummary(run_id=run_id, out_dir=out, total=len(manifest) + len(row_errors))
+    summary.dashboard = dashboard_link(client)
     start = time.perf_counter()
-    futures = {}
-    for p in manifest.participants:
-        fut = client.submit(
-            process_participant,
-            p,
-            str(out.resolve()),
-            params,
-            run_id,
-            resume,
-            key=f"myocomp-{p.participant_id}-{run_id[:8]}",
-            pure=False,
-        )
-        futures[fut] = p.participant_id
+    times = StageTimes()
     completed: list[str] = []
-    for fut in as_completed(list(futures)):
-        pid = futures.pop(fut)
-        if fut.status == "error":
-            exc = fut.exception()
-            outcome = TaskOutcome(
-                pid, "failed", stage="worker", reason=f"{type(exc).__name__}: {exc}".splitlines()[0]
-            )
-        else:
-            outcome = fut.result()
-        fut.release()
-        if outcome.status == "failed":
-            summary.failed += 1
-            summary.errors.append(
-                {"participant_id": pid, "stage": outcome.stage, "reason": outcome.reason}
-            )
-        else:
-            summary.done += outcome.status == "done"
-            summary.skipped += outcome.status == "skipped"
-            completed.append(pid)
+
+    def record(outcome: TaskOutcome) -> None:
+        summary.count(outcome)
+        times.add(outcome.stages)
+        if outcome.status != "failed":
+            completed.append(outcome.participant_id)
         summary.seconds = time.perf_counter() - start
         if on_result is not None:
             on_result(outcome, summary)
 
-    store.write_errors(summary.errors)
-    merged = store.merge(completed)
-    write_qc_page(store, merged, summary.errors)
-    summary.seconds = time.perf_counter() - start
-    write_json(
-        {**summary.to_dict(), "manifest": str(manifest.path), "parameters": params.to_dict()},
-        out / "batch.json",
-    )
+    for row in row_errors:
+        record(TaskOutcome(row["participant_id"], "failed", stage="manifest", reason=row["reason"]))
+    pending = []
+    for p in manifest.participants:
+        if resume and not verify_hashes and is_unchanged(p, store, params):
+            record(TaskOutcome(p.participant_id, "skipped"))
+        else:
+            pending.append(p)
+    args = (str(out.resolve()), params, run_id, resume, verify_hashes)
+    for outcome in _run_windowed(client, pending, args, run_id):
+        record(outcome)
+    summary.stage_seconds = times.summary()
+    finish_batch(store, summary, completed, manifest, params, start)
     return summary
 
 
-def write_qc_page(store: ResultStore, merged: Any, errors: list[dict[str, str]]) -> Path:
-    """``DIR/qc.html`` from the merged metrics' QC columns and the participants' images."""
-    from myocomp.imaging.qc import FLAG_COLUMNS, write_qc_html
+def _run_windowed(client: Any, pending: list, args: tuple, run_id: str) -> Iterator[TaskOutcome]:
+    """Outcomes of ``pending`` participants, at most a window of chunks in flight at a time."""
+    from distributed import as_completed
 
-    entries = []
-    if len(merged):
-        for pid, rows in merged.groupby("participant_id", sort=True):
-            flags = {c: bool(rows[c].any()) for c in FLAG_COLUMNS if c in rows.columns}
-            notes = str(rows["qc_notes"].iloc[0]) if "qc_notes" in rows.columns else ""
-            entries.append(
-                {
-                    "participant_id": str(pid),
-                    "flags": flags,
-                    "notes": notes,
-                    "png": store.path(str(pid), "qc.png"),
-                }
-            )
-    return write_qc_html(store.root / "qc.html", entries, failed=errors)
+    workers = _n_workers(client)
+    size = chunk_size(len(pending), workers)
+    window = max(8, 4 * workers)
+    chunks = _chunks(pending, size)
+    futures: dict[Any, list] = {}
+
+    def submit(chunk: list) -> Any:
+        first = chunk[0].participant_id
+        fut = client.submit(
+            process_chunk, chunk, *args, key=f"myocomp-{first}-{run_id[:8]}", pure=False
+        )
+        futures[fut] = chunk
+        return fut
+
+    queue = as_completed([submit(c) for c in itertools.islice(chunks, window)])
+    for fut in queue:
+        chunk = futures.pop(fut)
+        if fut.status == "error":
+            exc = fut.exception()
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            outcomes = [TaskOutcome(p.participant_id, "failed", "worker", reason) for p in chunk]
+        else:
+            outcomes = fut.result()
+        fut.release()
+        nxt = next(chunks, None)
+        if nxt is not None:
+            queue.add(submit(nxt))
+        yield from outcomes
+
+
+def finish_batch(
+    store: ResultStore,
+    summary: BatchSummary,
+    completed: Iterable[str],
+    manifest: Manifest,
+    params: BatchParams,
+    start: float,
+) -> None:
+    """Write the driver's outputs, each atomically; one that fails does not stop the others.
+
+    ``errors.csv`` comes first, so the failed participants are on record whatever happens next;
+    a merged table that cannot be written is removed rather than left stale. Raises
+    :class:`InputFileError` naming every output that could not be written.
+    """
+    from myocomp.io import write_json
+    from myocomp.pipeline.qc_page import qc_entries, write_qc_html
+
+    problems: list[str] = []
+    qc: list = []
+
+    def attempt(name: str, write: Callable[[], Any], stale: tuple[str, ...] = ()) -> None:
+        try:
+            write()
+        except (OSError, ValueError) as exc:
+            problems.append(f"{name}: {getattr(exc, 'strerror', None) or exc}")
+            for n in stale:
+                (store.root / n).unlink(missing_ok=True)
+
+    attempt("errors.csv", lambda: store.write_errors(summary.errors))
+    attempt(
+        "metrics.parquet",
+        lambda: qc.extend(store.merge(list(completed))),
+        stale=("metrics.parquet", "slices.parquet"),
+    )
+    attempt(
+        "qc.html",
+        lambda: write_qc_html(store.root / "qc.html", qc_entries(qc, store), failed=summary.errors),
+    )
+    summary.seconds = time.perf_counter() - start
+    attempt(
+        "batch.json",
+        lambda: write_json(
+            {**summary.to_dict(), "manifest": str(manifest.path), "parameters": params.to_dict(),
+             "output_problems": problems},
+            store.root / "batch.json",
+        ),
+    )  # fmt: skip
+    if problems:
+        raise InputFileError(
+            f"could not write {'; '.join(problems)} (participants' results are kept: rerun "
+            "with --resume)",
+            source=store.root,
+        )

@@ -1,4 +1,4 @@
-"""The per-participant task: hash inputs, load, segment or read labels, quantify, QC, write.
+"""The per-participant task: check inputs, load, segment or read labels, quantify, QC, write.
 
 :func:`process_participant` never raises for a bad participant: it returns a
 :class:`TaskOutcome` whose ``status`` is ``"done"``, ``"skipped"`` (resume: outputs current) or
@@ -9,6 +9,7 @@ predictor once (``myocomp.segment`` caches it per process) and reuses it for eve
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,9 +19,11 @@ from typing import Any
 from myocomp.errors import LabelError, MyocompError
 from myocomp.imaging.qc import QCConfig
 from myocomp.pipeline.manifest import Participant
-from myocomp.pipeline.store import ResultStore, hash_inputs
+from myocomp.pipeline.store import ResultStore, current_hashes, fingerprint_inputs
 
 STAGES = ("hash", "load", "segment", "labels", "quantify", "qc", "write")
+#: Stages whose seconds are summarised in ``batch.json`` (``labels`` counts as ``segment``).
+TIMED_STAGES = ("hash", "load", "segment", "quantify", "qc", "write")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class BatchParams:
     model: str | None = None
     device: str = "auto"
     qc: QCConfig = field(default_factory=QCConfig)
+    qc_images: str = "all"
+    record_paths: bool = False
     skip_anatomy_check: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,6 +48,7 @@ class BatchParams:
             "groups": list(self.groups),
             "model": self.model,
             "qc": self.qc.to_dict(),
+            "qc_images": self.qc_images,
             "skip_anatomy_check": self.skip_anatomy_check,
         }
 
@@ -71,6 +77,7 @@ class TaskOutcome:
     stage: str = ""
     reason: str = ""
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,50 +128,173 @@ def _versions() -> dict[str, str]:
     }
 
 
+def is_unchanged(p: Participant, store: ResultStore, params: BatchParams) -> bool:
+    """Resume test that reads no input byte: outputs intact, same parameters and every input's
+    fingerprint (size, mtime, inode) as recorded. False means "look closer" (hash), not "changed".
+    """
+    prov = store.read_provenance(p.participant_id)
+    if prov is None or not prov.get("input_fingerprint"):
+        return False
+    try:
+        files = p.input_files()
+        fingerprints = fingerprint_inputs(files, base=p.dicom_dir)
+    except OSError:
+        return False
+    if prov["input_fingerprint"] != fingerprints:
+        return False
+    hashes = prov.get("input_sha256") or {}
+    return store.is_current(p.participant_id, hashes, params.for_participant(p), prov)
+
+
+class _Clock:
+    """Seconds per stage of one participant (``labels`` is booked as ``segment``)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self.stage = "hash"
+        self._t = time.perf_counter()
+
+    def enter(self, stage: str) -> None:
+        now = time.perf_counter()
+        key = "segment" if self.stage == "labels" else self.stage
+        self.stages[key] = self.stages.get(key, 0.0) + now - self._t
+        self.stage, self._t = stage, now
+
+
+def _inputs_record(p: Participant, files: dict[str, list[Path]], record_paths: bool) -> dict:
+    """Input paths for the provenance; a DICOM folder only by a hash of its path (its name may
+    identify the patient) unless ``record_paths``."""
+    if p.kind != "dicom":
+        return {role: [str(f) for f in fs] for role, fs in files.items()}
+    record = {role: [str(f) for f in fs] for role, fs in files.items() if role != "dicom"}
+    folder = str(p.dicom_dir)
+    record["dicom"] = {
+        "participant_id": p.participant_id,
+        "folder_sha256": hashlib.sha256(folder.encode()).hexdigest(),
+        "files": len(files.get("dicom", [])),
+    }
+    if record_paths:
+        record["dicom"]["folder"] = folder
+    return record
+
+
+def _still_current(store, pid, hashes, parameters, prov, fingerprints) -> bool:
+    """True if the outputs are current; then a changed fingerprint of unchanged bytes (a touched
+    or copied file) is recorded, so that the next resume need not hash again."""
+    if not store.is_current(pid, hashes, parameters, prov):
+        return False
+    if prov.get("input_fingerprint") != fingerprints:
+        from myocomp.io import write_json
+
+        write_json({**prov, "input_fingerprint": fingerprints}, store.path(pid, "provenance.json"))
+    return True
+
+
+def _results_record(result, flags) -> dict[str, Any]:
+    return {
+        "quantify": result.provenance,
+        "qc": flags.to_dict(),
+        "versions": {**result.provenance.get("versions", {}), **_versions()},
+    }
+
+
+def _label_map(p: Participant, dixon, params: BatchParams, clock: _Clock):
+    if p.labels is not None:
+        clock.enter("labels")
+        from myocomp.imaging.labels import load_labels
+
+        return load_labels(
+            p.labels, p.profile, reference=dixon, anatomy_check=not params.skip_anatomy_check
+        )
+    clock.enter("segment")
+    if not params.model:
+        raise LabelError("no labels in the manifest row and no --model to segment with")
+    from myocomp.segment import segment_dixon
+
+    return segment_dixon(dixon, params.model, device=params.device)
+
+
+def _qc(dixon, labelmap, result, params: BatchParams):
+    """Metrics with QC columns, the flags, and the PNG bytes (None if ``qc_images`` says so)."""
+    from myocomp.imaging import qc
+
+    ff = qc.qc_fat_fraction(dixon) if dixon.fat is not None else None
+    flags = qc.assess(dixon, labelmap, params.groups, params.qc, ff=ff)
+    metrics = qc.add_flag_columns(result.metrics, flags, params.qc)
+    flagged = bool(metrics[[c for c in qc.FLAG_COLUMNS if c in metrics]].to_numpy().any())
+    png = None
+    if params.qc_images == "all" or (params.qc_images == "flagged" and flagged):
+        from myocomp.pipeline.qc_page import render_png
+
+        png = render_png(dixon, labelmap, ff=ff)
+    return metrics, flags, png
+
+
+def _write_outputs(store: ResultStore, pid: str, metrics, slices, png: bytes | None,
+                   levels=None) -> dict:  # fmt: skip
+    """Write the participant's tables and image; their sizes (bytes) by name. On failure,
+    removes what it wrote (the participant is then simply absent)."""
+    from myocomp.io import write_bytes, write_table
+
+    folder = store.participant_dir(pid)
+    folder.mkdir(parents=True, exist_ok=True)
+    store.path(pid, "provenance.json").unlink(missing_ok=True)
+    written: list[Path] = []
+    try:
+        written.append(write_table(metrics, store.path(pid, "metrics.parquet")))
+        written.append(write_table(slices, store.path(pid, "slices.parquet")))
+        store.path(pid, "levels.parquet").unlink(missing_ok=True)
+        if levels is not None:
+            written.append(write_table(levels, store.path(pid, "levels.parquet")))
+        store.path(pid, "qc.png").unlink(missing_ok=True)
+        if png is not None:
+            written.append(write_bytes(png, store.path(pid, "qc.png")))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return {path.name: path.stat().st_size for path in written}
+
+
 def process_participant(
-    p: Participant, out_dir: str | Path, params: BatchParams, run_id: str, resume: bool = False
+    p: Participant,
+    out_dir: str | Path,
+    params: BatchParams,
+    run_id: str,
+    resume: bool = False,
+    verify_hashes: bool = False,
 ) -> TaskOutcome:
     """Compute and write one participant's outputs (see :mod:`myocomp.pipeline.store`).
 
-    Failures become a ``"failed"`` outcome naming the stage; nothing is raised.
+    With ``resume``, inputs whose fingerprint matches the provenance are not read again (unless
+    ``verify_hashes``). Failures become a ``"failed"`` outcome naming the stage; nothing is raised.
     """
     start = time.perf_counter()
     store = ResultStore(out_dir)
     pid = p.participant_id
-    stage = "hash"
+    clock = _Clock()
     try:
         files = p.input_files()
-        hashes = hash_inputs(files, base=p.dicom_dir)
+        fingerprints = fingerprint_inputs(files, base=p.dicom_dir)
+        prov = store.read_provenance(pid) if resume else None
+        hashes, _ = current_hashes(
+            files, fingerprints, prov, base=p.dicom_dir, verify=verify_hashes or not resume
+        )
         parameters = params.for_participant(p)
-        if resume and store.is_current(pid, hashes, parameters):
+        if resume and _still_current(store, pid, hashes, parameters, prov, fingerprints):
             return TaskOutcome(pid, "skipped", seconds=time.perf_counter() - start)
 
-        stage = "load"
+        clock.enter("load")
         dixon = load_volume(p)
-
-        if p.labels is not None:
-            stage = "labels"
-            from myocomp.imaging.labels import load_labels
-
-            labelmap = load_labels(
-                p.labels, p.profile, reference=dixon, anatomy_check=not params.skip_anatomy_check
-            )
-        elif params.model:
-            stage = "segment"
-            from myocomp.segment import segment_dixon
-
-            labelmap = segment_dixon(dixon, params.model, device=params.device)
-        else:
-            stage = "segment"
-            raise LabelError("no labels in the manifest row and no --model to segment with")
-
+        labelmap = _label_map(p, dixon, params, clock)
         vertebrae = None
         if p.vertebrae is not None:
             from myocomp.imaging.levels import DEFAULT_VERTEBRA_PROFILE, load_vertebrae
 
-            vertebrae = load_vertebrae(p.vertebrae, p.vertebrae_profile or DEFAULT_VERTEBRA_PROFILE, reference=dixon)
+            profile = p.vertebrae_profile or DEFAULT_VERTEBRA_PROFILE
+            vertebrae = load_vertebrae(p.vertebrae, profile, reference=dixon)
 
-        stage = "quantify"
+        clock.enter("quantify")
         from myocomp.imaging.composition import quantify
 
         result = quantify(
@@ -181,49 +311,53 @@ def process_participant(
         if p.kind in ("ff_map", "echoes"):
             result.metrics["method"] = "ff_map" if p.kind == "ff_map" else "separated_pdff"
 
-        stage = "qc"
-        from myocomp.imaging import qc
+        clock.enter("qc")
+        metrics, flags, png = _qc(dixon, labelmap, result, params)
 
-        ff = qc.qc_fat_fraction(dixon) if dixon.fat is not None else None
-        flags = qc.assess(dixon, labelmap, params.groups, params.qc, ff=ff)
-        metrics = qc.add_flag_columns(result.metrics, flags, params.qc)
-        png = qc.render_png(dixon, labelmap, ff=ff)
-
-        stage = "write"
-        from myocomp.io import atomic_path, write_json, write_table
-
-        folder = store.participant_dir(pid)
-        folder.mkdir(parents=True, exist_ok=True)
-        store.path(pid, "provenance.json").unlink(missing_ok=True)
-        write_table(metrics, store.path(pid, "metrics.parquet"))
+        clock.enter("write")
         slices = (
             result.slices if result.slices is not None else metrics.iloc[0:0][["participant_id"]]
         )
-        write_table(slices, store.path(pid, "slices.parquet"))
-        store.path(pid, "levels.parquet").unlink(missing_ok=True)
-        if result.levels is not None:
-            write_table(result.levels, store.path(pid, "levels.parquet"))
-        with atomic_path(store.path(pid, "qc.png")) as tmp:
-            tmp.write_bytes(png)
-        seconds = time.perf_counter() - start
+        outputs = _write_outputs(store, pid, metrics, slices, png, result.levels)
         provenance = {
             "participant_id": pid,
             "site": p.site,
             "run_id": run_id,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 3),
-            "inputs": {role: [str(f) for f in fs] for role, fs in files.items()}
-            if p.kind != "dicom"
-            else {"dicom": [str(p.dicom_dir)]},
+            "seconds": round(time.perf_counter() - start, 3),
+            "inputs": _inputs_record(p, files, params.record_paths),
+            "input_fingerprint": fingerprints,
             "input_sha256": hashes,
             "parameters": parameters,
-            "quantify": result.provenance,
-            "qc": flags.to_dict(),
-            "versions": {**result.provenance.get("versions", {}), **_versions()},
+            "outputs": outputs,
+            **_results_record(result, flags),
         }
+        from myocomp.io import write_json
+
         write_json(provenance, store.path(pid, "provenance.json"))
-        return TaskOutcome(pid, "done", seconds=seconds)
+        clock.enter("done")
+        return TaskOutcome(pid, "done", seconds=time.perf_counter() - start, stages=clock.stages)
     except Exception as exc:  # noqa: BLE001 - one bad participant must not stop the batch
         return TaskOutcome(
-            pid, "failed", stage=stage, reason=one_line(exc), seconds=time.perf_counter() - start
+            pid,
+            "failed",
+            stage=clock.stage,
+            reason=one_line(exc),
+            seconds=time.perf_counter() - start,
         )
+
+
+def process_chunk(
+    participants: list[Participant],
+    out_dir: str,
+    params: BatchParams,
+    run_id: str,
+    resume: bool = False,
+    verify_hashes: bool = False,
+) -> list[TaskOutcome]:
+    """:func:`process_participant` for several participants in one task (tiny participants
+    cost less per task than Dask's per-task overhead)."""
+    return [
+        process_participant(p, out_dir, params, run_id, resume, verify_hashes)
+        for p in participants
+    ]
