@@ -110,3 +110,39 @@ def test_volume_range_flags_rows() -> None:
     flagged = set(out.loc[out["qc_volume_out_of_range"], "group"])
     assert flagged == {"back"}
     assert "back volume" in out["qc_notes"].iloc[0]
+
+
+def test_ball_opening_equals_binary_opening_with_the_ball():
+    from scipy import ndimage
+
+    from myocomp.imaging.qc import ball, ball_opening
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        spacing = tuple(float(s) for s in rng.choice([1.0, 1.5, 2.0, 3.0, 4.0], 3))
+        radius = float(rng.choice([3.0, 4.5, 6.0]))
+        mask = ndimage.binary_dilation(rng.random((30, 28, 20)) > 0.985, iterations=int(rng.integers(1, 4)))
+        element = ball(radius, spacing)
+        pad = [(h, h) for h in np.array(element.shape) // 2]
+        expected = ndimage.binary_opening(np.pad(mask, pad), element)
+        inner = tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape, strict=True))
+        assert expected.sum() == expected[inner].sum()
+        got = ball_opening(mask, radius, spacing)
+        np.testing.assert_array_equal(got, expected[inner])
+        assert got.sum() > 0 or expected.sum() == 0
+
+
+def test_label_boxes_equal_find_objects():
+    from scipy import ndimage
+
+    from myocomp.imaging.qc import label_boxes
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((20, 18, 16), dtype=np.uint16)
+    for i in (3, 7, 1002):
+        c = rng.integers(2, 14, 3)
+        labels[c[0] : c[0] + 4, c[1] : c[1] + 3, c[2] : c[2] + 2] = i
+    boxes = label_boxes(labels, [3, 7, 1002, 55])
+    assert set(boxes) == {3, 7, 1002}
+    for i, box in boxes.items():
+        assert box == ndimage.find_objects((labels == i).astype(np.int8))[0]

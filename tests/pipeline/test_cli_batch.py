@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from myocomp.cli import main
-from myocomp.cli.batch import parse_volume_ranges, read_batch_config
 from myocomp.errors import ConfigError
+from myocomp.pipeline.params import parse_volume_ranges, read_batch_config
 
 
 def test_manifest_problems_are_all_printed_and_exit_2(tmp_path: Path, capsys) -> None:

@@ -8,9 +8,6 @@ import typer
 
 from myocomp.cli.app import app
 from myocomp.errors import InputFileError
-from myocomp.pipeline.params import BATCH_KEYS, parse_volume_ranges, read_batch_config
-
-__all__ = ["BATCH_KEYS", "batch", "parse_volume_ranges", "read_batch_config"]
 
 _O = typer.Option
 
@@ -41,6 +38,8 @@ def batch(
     skip_anatomy_check: bool = _O(False, "--skip-anatomy-check", help="Do not check label maps against anatomy (odd fields of view); recorded in each provenance."),
 ) -> None:  # fmt: skip
     """Process a cohort on Dask: one resumable task per participant, failures listed in errors.csv."""
+    from myocomp.pipeline.params import read_batch_config  # the pipeline only when a batch runs
+
     options = {
         "workers": workers, "scheduler": scheduler, "scheduler_timeout": scheduler_timeout,
         "model": model, "device": device, "profile": profile, "fat_threshold": fat_threshold,

@@ -37,12 +37,15 @@ from myocomp.imaging.dixon import (
     voxel_volume_ml,
 )
 from myocomp.imaging.labels import LabelMap, group_members, is_muscle
-
-METRIC_COLUMNS = (
-    "volume_ml", "ff_mean", "ff_median", "lean_volume_ml", "intermat_volume_ml",
-    "intramuscular_fat_ml", "perimuscular_fat_ml", "intermat_fraction", "lmm", "n_voxels",
-    "voxel_volume_ml", "n_invalid",
+from myocomp.imaging.metrics import (
+    METRIC_COLUMNS,
+    band_sums,
+    band_voxels,
+    group_entities,
+    member_mask,
+    metric_row,
 )
+
 SLICE_COLUMNS = ("slice", "z_mm", "muscle", "csa_cm2", "ff_mean", "lean_csa_cm2")
 DEFAULT_GROUPS = ("back", "psoas")
 
@@ -74,48 +77,6 @@ def _check_params(fat_threshold: float, band_mm: float, bmi: float | None) -> No
         raise DataError(f"bmi {bmi} is outside the plausible range 10-100 kg/m^2")
 
 
-def _entities(names: dict[int, str], present: set[int], groups: tuple[str, ...]) -> dict[str, list[int]]:
-    """Ordered mapping entity name -> label ids: the groups first, then their member muscles."""
-    muscle_names = {i: n for i, n in names.items() if is_muscle(n)}
-    by_name: dict[str, list[int]] = {}
-    for i, n in muscle_names.items():
-        by_name.setdefault(n, []).append(i)
-    entities: dict[str, list[int]] = {}
-    members_seen: list[str] = []
-    for group in groups:
-        members = group_members(group, list(by_name))
-        entities[group] = sorted(i for m in members for i in by_name[m] if i in present)
-        members_seen += [m for m in members if m not in members_seen]
-    for m in sorted(members_seen):
-        entities[m] = sorted(i for i in by_name[m] if i in present)
-    return entities
-
-
-def _member_mask(labels: np.ndarray, ids: list[int]) -> np.ndarray:
-    """Boolean array: which elements of ``labels`` are one of ``ids``.
-
-    Ids forming at most three runs of consecutive values (the usual case: a model's muscle
-    ids) are tested by one wrapping subtraction and comparison per run, ~5x faster than the
-    table lookup used otherwise."""
-    ids = sorted({int(i) for i in ids if i >= 0})
-    runs: list[list[int]] = []
-    for i in ids:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    if labels.dtype.kind in "iu" and 0 < len(runs) <= 3 and runs[-1][1] <= np.iinfo(labels.dtype).max:
-        unsigned = labels.view(labels.dtype.str.replace("i", "u")) if labels.dtype.kind == "i" else labels
-        mask = None
-        for low, high in runs:
-            hit = np.subtract(unsigned, unsigned.dtype.type(low), dtype=unsigned.dtype) <= high - low
-            mask = hit if mask is None else np.logical_or(mask, hit, out=mask)
-        return mask
-    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-    lut[[i for i in ids if i < lut.size]] = True
-    return lut[labels if labels.dtype.kind == "u" else np.clip(labels, 0, None)]
-
-
 @dataclass
 class _Sums:
     """Per-label sums over the voxels of each muscle label (arrays indexed by label id)."""
@@ -130,7 +91,7 @@ class _Sums:
 
 def _label_sums(ff: np.ndarray, labels: np.ndarray, ids: list[int], fat_threshold: float) -> _Sums:
     flat_labels = labels.ravel()
-    idx = np.flatnonzero(_member_mask(flat_labels, ids))
+    idx = np.flatnonzero(member_mask(flat_labels, ids))
     lab = flat_labels[idx]
     f = ff.ravel()[idx].astype(np.float64)
     valid = np.isfinite(f)
@@ -149,70 +110,6 @@ def _label_sums(ff: np.ndarray, labels: np.ndarray, ids: list[int], fat_threshol
     for k, i in enumerate(ids):
         sums.values[i] = f_v[order[bounds[k] : bounds[k + 1]]] if i < size else f_v[:0]
     return sums
-
-
-def _band_voxels(
-    labels: np.ndarray, ids: list[int], band_mm: float, spacing: tuple[float, float, float]
-) -> tuple[np.ndarray, ...]:
-    """Indices (as from np.nonzero) of unlabelled voxels within band_mm of the voxels of ``ids``."""
-    mask = np.isin(labels, ids)
-    if band_mm <= 0 or not mask.any():
-        return tuple(np.empty(0, dtype=np.intp) for _ in range(3))
-    margin = [int(np.ceil(band_mm / s)) + 1 for s in spacing]
-    nz = np.nonzero(mask)
-    lo = [max(0, int(a.min()) - m) for a, m in zip(nz, margin, strict=True)]
-    hi = [min(n, int(a.max()) + m + 1) for a, m, n in zip(nz, margin, labels.shape, strict=True)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    from scipy import ndimage  # only with a band: keeps scipy.ndimage out of most runs
-
-    dist = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
-    band = (dist <= band_mm) & ~mask[box] & (labels[box] == 0)
-    local = np.nonzero(band)
-    return tuple(a + o for a, o in zip(local, lo, strict=True))
-
-
-def _band_sums(band_ff: np.ndarray, fat_threshold: float, weights: np.ndarray | None = None) -> tuple[float, float]:
-    """(voxel count, adipose voxel count) of a band; invalid voxels assumed like the valid ones."""
-    band_ff = band_ff.astype(np.float64)
-    w = np.ones(band_ff.shape) if weights is None else np.asarray(weights, dtype=np.float64)
-    valid = np.isfinite(band_ff)
-    band_n, n_valid = float(w.sum()), float(w[valid].sum())
-    fat = float(w[valid][band_ff[valid] >= fat_threshold].sum())
-    return band_n, fat * band_n / n_valid if n_valid > 0 else 0.0
-
-
-def metric_row(
-    n: float, n_valid: float, ff_sum: float, n_fat: float, lean: float, ff_median: float,
-    band_n: float, band_fat: float, v: float, bmi: float | None,
-) -> dict[str, float]:
-    """The :data:`METRIC_COLUMNS` of one muscle/group from its (possibly fractionally weighted) sums.
-
-    ``n``/``n_valid``: voxels of M (all / with valid FF); ``ff_sum``, ``n_fat`` (FF >= tau) and
-    ``lean`` (sum of 1 - FF where FF < tau) over the valid voxels; ``band_n``/``band_fat``: band
-    voxels (all / adipose); ``v``: voxel volume (mL). The one home of the definitions in
-    DESIGN.md section 3 (used whole-volume here and per vertebral level in :mod:`levels`).
-    """
-    present = n > 0
-    scale = n / n_valid if n_valid > 0 else np.nan
-    intramuscular = n_fat * scale * v if present else np.nan
-    lean_ml = lean * scale * v if present else np.nan
-    perimuscular = band_fat * v if present else np.nan
-    intermat = intramuscular + perimuscular if present else np.nan
-    total_volume = (n + band_n) * v
-    return {
-        "volume_ml": n * v,
-        "ff_mean": ff_sum / n_valid if n_valid > 0 else np.nan,
-        "ff_median": ff_median,
-        "lean_volume_ml": lean_ml,
-        "intermat_volume_ml": intermat,
-        "intramuscular_fat_ml": intramuscular,
-        "perimuscular_fat_ml": perimuscular,
-        "intermat_fraction": intermat / total_volume if total_volume > 0 else np.nan,
-        "lmm": lean_ml / bmi if bmi is not None else np.nan,
-        "n_voxels": int(n) if float(n).is_integer() else n,
-        "voxel_volume_ml": v,
-        "n_invalid": int(n - n_valid) if float(n - n_valid).is_integer() else n - n_valid,
-    }
 
 
 def composition_metrics(
@@ -255,7 +152,7 @@ def composition_metrics(
     v = float(np.prod(voxel_size_mm)) / 1000.0
     sums = _label_sums(ff, labels, muscle_ids, fat_threshold)
     present = {i for i in muscle_ids if i < sums.n.size and sums.n[i] > 0}
-    entities = _entities(names, present, groups)
+    entities = group_entities(names, present, groups)
     if not any(entities[g] for g in groups):
         raise LabelError(f"none of the groups {', '.join(groups)} has any voxel in the label map")
 
@@ -263,8 +160,8 @@ def composition_metrics(
     for name, ids in entities.items():
         band_n = band_fat = 0.0
         if band_mm > 0 and ids:
-            band = _band_voxels(labels, ids, band_mm, tuple(voxel_size_mm))
-            band_n, band_fat = _band_sums(ff[band], fat_threshold)
+            band = band_voxels(labels, ids, band_mm, tuple(voxel_size_mm))
+            band_n, band_fat = band_sums(ff[band], fat_threshold)
         values = np.concatenate([sums.values[i] for i in ids]) if ids else np.empty(0)
         totals = [float(getattr(sums, key)[ids].sum()) if ids else 0.0 for key in ("n", "n_valid", "ff_sum", "n_fat", "lean")]
         row = metric_row(*totals, float(np.median(values)) if values.size else np.nan, band_n, band_fat, v, bmi)
@@ -316,7 +213,7 @@ def slice_profile(
     }
     tables = {name: t.reshape(len(known), nz) for name, t in tables.items()}
     present = {i for j, i in enumerate(known) if tables["n"][j].any()}
-    entities = _entities(names, present, tuple(groups))
+    entities = group_entities(names, present, tuple(groups))
     position = {i: j for j, i in enumerate(known)}
     z_mm = (affine @ np.array([(nx - 1) / 2, (ny - 1) / 2, 0, 1.0])[:, None] + affine[:, 2:3] * np.arange(nz))[2]
     frames = []
@@ -397,7 +294,7 @@ def _muscle_box(labels: np.ndarray, ids: list[int], margin: tuple[int, int, int]
     hits = [np.zeros(n, dtype=bool) for n in labels.shape]
     step = max(1, 2_000_000 // max(1, labels.shape[0] * labels.shape[1]))
     for k0 in range(0, labels.shape[2], step):
-        mask = _member_mask(labels[:, :, k0 : k0 + step], ids)
+        mask = member_mask(labels[:, :, k0 : k0 + step], ids)
         hits[0] |= mask.any(axis=(1, 2))
         hits[1] |= mask.any(axis=(0, 2))
         hits[2][k0 : k0 + step] = mask.any(axis=(0, 1))
@@ -613,7 +510,7 @@ def _noise_record(noise, negatives, dixon: DixonVolume, box, labels: np.ndarray,
         return None
     snr = None
     if noise.sigma:
-        water = dixon.water[box][_member_mask(labels, muscle_ids)]
+        water = dixon.water[box][member_mask(labels, muscle_ids)]
         water = water[np.isfinite(water)]
         snr = float(water.mean(dtype=np.float64)) / noise.sigma if water.size else None
     return {"sigma": noise.sigma, "source": noise.source, "n_background_voxels": noise.n_voxels,

@@ -52,6 +52,13 @@ import pandas as pd
 
 from myocomp.errors import DataError, GeometryError, LabelError
 from myocomp.imaging.labels import LabelMap, LabelProfile, get_profile, group_members, is_muscle
+from myocomp.imaging.metrics import (
+    METRIC_COLUMNS,
+    band_sums,
+    band_voxels,
+    group_entities,
+    metric_row,
+)
 
 #: Vertebrae from cranial to caudal (S1: the top of the sacrum).
 VERTEBRA_ORDER = (
@@ -479,8 +486,6 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def _region_row(region: _Region, sums, band, v: float, bmi: float | None) -> dict[str, Any]:
-    from myocomp.imaging.composition import metric_row
-
     row = metric_row(*sums, *band, v, bmi)
     out = {"kind": region.kind, "level": region.level, "top_mm": region.top, "bottom_mm": region.bottom}
     if region.slab is not None:
@@ -495,10 +500,9 @@ def _region_row(region: _Region, sums, band, v: float, bmi: float | None) -> dic
 
 def _band_table(labels, ids, band_mm, affine, axis, ff):
     """Band voxels of an entity: (positions along the axis, FF values)."""
-    from myocomp.imaging.composition import _band_voxels
     from myocomp.imaging.dixon import voxel_spacing
 
-    band = _band_voxels(labels, ids, band_mm, voxel_spacing(affine))
+    band = band_voxels(labels, ids, band_mm, voxel_spacing(affine))
     flat = np.ravel_multi_index(band, labels.shape)
     return _positions(flat, labels.shape, affine, axis), ff[band]
 
@@ -531,18 +535,17 @@ class _Context:
         band = (0.0, 0.0)
         if name in self.bands:
             bsel, bw = _weights(self.bands[name][0], region.top, region.bottom, self.widths, self.half)
-            band = _band_sums_weighted(self.bands[name][1][bsel], bw, self.fat_threshold)
+            band = band_sums(self.bands[name][1][bsel], self.fat_threshold, weights=bw)
         return _region_row(region, sums, band, self.v, self.bmi), bool(self.on_edge[sel][m].any())
 
 
 def _context(ff, labels, names, affine, levels, bases, fat_threshold, band_mm, bmi, edge_slices):
-    from myocomp.imaging.composition import _entities
     from myocomp.imaging.dixon import voxel_volume_ml
 
     idx, lab = _select(np.asarray(labels), sorted(i for i, n in names.items() if is_muscle(n)))
     k = idx % labels.shape[2]
     widths = np.asarray(affine, dtype=float)[:3, :3].T @ levels.axis
-    entities = {n: ids for n, ids in _entities(names, set(lab.tolist()), bases).items() if ids}
+    entities = {n: ids for n, ids in group_entities(names, set(lab.tolist()), bases).items() if ids}
     return _Context(
         t=_positions(idx, labels.shape, affine, levels.axis),
         f=np.asarray(ff).ravel()[idx].astype(np.float64),
@@ -601,8 +604,6 @@ def level_metrics(
 
 def _level_group_rows(ctx: _Context, levels: Levels, parsed: dict) -> pd.DataFrame:
     """One row per coverage-normalised group; empty (NaN) and flagged without its vertebrae."""
-    from myocomp.imaging.composition import METRIC_COLUMNS
-
     rows = []
     for gname, (base, top, bottom) in parsed.items():
         vt, vb = levels.complete(top), levels.complete(bottom)
@@ -623,12 +624,6 @@ def _region_sums(f: np.ndarray, w: np.ndarray, fat_threshold: float) -> tuple[fl
     fat = fv >= fat_threshold
     return (float(w.sum()), float(wv.sum()), float((wv * fv).sum()), float(wv[fat].sum()),
             float((wv[~fat] * (1.0 - fv[~fat])).sum()), _weighted_median(fv, wv))
-
-
-def _band_sums_weighted(band_ff: np.ndarray, w: np.ndarray, fat_threshold: float) -> tuple[float, float]:
-    from myocomp.imaging.composition import _band_sums
-
-    return _band_sums(band_ff, fat_threshold, weights=w)
 
 
 def smi_l3(table: pd.DataFrame, height_cm: float | None) -> dict[str, Any]:

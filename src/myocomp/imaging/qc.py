@@ -109,7 +109,9 @@ def check_swap(
 
     ``ff``: fat fraction map (NaN = invalid); ``labels``: int array of the same shape.
     """
-    muscle = np.isin(labels, list(muscle_ids)) & np.isfinite(ff)
+    from myocomp.imaging.metrics import member_mask
+
+    muscle = member_mask(labels, list(muscle_ids)) & np.isfinite(ff)
     m_med = float(np.median(ff[muscle])) if muscle.any() else float("nan")
     fat_ids = list(fat_ids)
     f_med = None
@@ -215,6 +217,42 @@ def ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray
     return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing_mm, strict=True)) <= 1.0
 
 
+def label_boxes(labels: np.ndarray, ids: Iterable[int]) -> dict[int, tuple[slice, ...]]:
+    """Bounding box (slices) of each of ``ids`` present in ``labels``, from one pass over the volume."""
+    from myocomp.imaging.metrics import member_mask
+
+    ids = sorted(int(i) for i in ids)
+    nz = np.nonzero(member_mask(labels, ids))
+    lab = labels[nz]
+    order = np.argsort(lab, kind="stable")
+    lab = lab[order]
+    coords = [c[order] for c in nz]
+    boxes = {}
+    for i in ids:
+        lo, hi = np.searchsorted(lab, i), np.searchsorted(lab, i, side="right")
+        if hi > lo:
+            boxes[i] = tuple(slice(int(c[lo:hi].min()), int(c[lo:hi].max()) + 1) for c in coords)
+    return boxes
+
+
+def ball_opening(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Morphological opening of ``mask`` by :func:`ball` (outside the array counts as background).
+
+    Exact on the voxel grid, by two Euclidean distance transforms: a voxel survives the erosion
+    when no background voxel lies within ``radius_mm``, and the dilation adds every voxel within
+    ``radius_mm`` of a survivor.
+    """
+    from scipy import ndimage
+
+    inside = np.pad(mask, 1)
+    r = radius_mm * (1 + 1e-9)  # a voxel at exactly radius_mm belongs to the ball
+    eroded = ndimage.distance_transform_edt(inside, sampling=spacing_mm) > r
+    if not eroded.any():
+        return np.zeros(mask.shape, dtype=bool)
+    opened = ndimage.distance_transform_edt(~eroded, sampling=spacing_mm) <= r
+    return opened[1:-1, 1:-1, 1:-1] & mask
+
+
 def compact_fat_regions(
     ff: np.ndarray,
     labels: np.ndarray,
@@ -227,23 +265,11 @@ def compact_fat_regions(
     """Volume (mL) per muscle of FF >= ``threshold`` that survives an opening with a ball of
     ``radius_mm``: compact fatty regions (a regional fat-water swap looks like this), not septa.
     """
-    from scipy import ndimage
-
-    element = ball(radius_mm, spacing_mm)
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     out: dict[str, float] = {}
-    for i, name in muscle_ids.items():
-        mask = labels == i
-        if not mask.any():
-            continue
-        box = ndimage.find_objects(mask.astype(np.int8))[0]
-        high = mask[box] & (np.nan_to_num(ff[box], nan=0.0) >= threshold)
-        if not high.any():
-            out[name] = 0.0
-            continue
-        pad = [(h, h) for h in (np.array(element.shape) // 2)]
-        opened = ndimage.binary_opening(np.pad(high, pad), element)
-        out[name] = float(opened.sum()) * voxel_ml
+    for i, box in label_boxes(labels, muscle_ids).items():
+        high = (labels[box] == i) & (np.nan_to_num(ff[box], nan=0.0) >= threshold)
+        out[muscle_ids[i]] = float(ball_opening(high, radius_mm, spacing_mm).sum()) * voxel_ml if high.any() else 0.0
     return out
 
 

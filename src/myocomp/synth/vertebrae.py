@@ -124,7 +124,7 @@ def truth_between(
 
     Fine slices cut by a plane count with the fraction of their thickness inside.
     """
-    from myocomp.imaging.composition import metric_row
+    from myocomp.imaging.metrics import metric_row
 
     step = float(z_fine[1] - z_fine[0])
     w = np.clip((np.minimum(top, z_fine + step / 2) - np.maximum(bottom, z_fine - step / 2)) / step, 0.0, 1.0)
