@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-services lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/myocomp demo --out demo_out
 
-test: $(STAMP)
+# Debian packages of the tests' real services (SLURM + munge, headless Chromium), installed once, one
+# apt run at a time, where this is root with apt-get; elsewhere those tests skip and say why.
+TEST_DEBS := slurm-wlm munge chromium
+test-services:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+		if [ -n "$$missing" ]; then \
+			echo "installing$$missing"; export DEBIAN_FRONTEND=noninteractive; \
+			apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+			apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null || echo "apt-get failed: those tests will say why"; \
+		fi; \
+	fi
+
+test: $(STAMP) test-services
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
