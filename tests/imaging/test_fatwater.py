@@ -126,3 +126,18 @@ def test_phase_units_uint12_and_unknown():
         detect_phase_units(np.array([-20000.0, 20000.0]))
     with pytest.raises(ConfigError):
         phase_to_radians(phase, "grad")
+
+
+def test_ff_map_units_are_detected_or_refused_never_guessed():
+    from myocomp.errors import InputFileError
+    from myocomp.imaging.fatwater import ff_map_to_fraction
+
+    rng = np.random.default_rng(0)
+    fraction = rng.uniform(0, 1, 10_000).astype(np.float32)
+    noisy = fraction.copy()
+    noisy[:50] = 1.3  # noisy voxels of a fraction map slightly above 1
+    np.testing.assert_allclose(ff_map_to_fraction(noisy)[50:], fraction[50:])
+    np.testing.assert_allclose(ff_map_to_fraction(fraction * 100), fraction, rtol=1e-6)
+    with pytest.raises(InputFileError, match="--ff-units"):
+        ff_map_to_fraction(fraction * 3)  # neither: refused instead of a 100-fold guess
+    np.testing.assert_allclose(ff_map_to_fraction(fraction * 3, "percent"), fraction * 0.03, rtol=1e-6)

@@ -139,7 +139,7 @@ def test_quantify_echoes_close_to_truth(echo_dir, tmp_path, capsys):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--ff-map", "FF", "--fat", "FF"], "one fat-fraction source"),
     (["--ff-map", "FF", "--ff-units", "permille"], "units"),
-    (["--ff-map", "BIG"], "neither a fraction"),
+    (["--ff-map", "BIG"], "neither clearly a fraction"),
 ])
 def test_quantify_ff_map_bad_input(tmp_path, capsys, argv, message):
     paths = write_phantom(tmp_path / "ph", seed=1, voxel_size_mm=(6, 6, 12), supersample=1)

@@ -649,8 +649,10 @@ FF_UNITS = ("auto", "fraction", "percent")
 def ff_map_to_fraction(ff: np.ndarray, units: str = "auto", *, source=None) -> np.ndarray:
     """A vendor fat-fraction/PDFF map as a fraction 0-1 (float32, clipped; NaN kept).
 
-    ``auto``: fraction when the 99.9th percentile of the finite values is <= 1.05, percent
-    when it is <= 105; anything larger (e.g. per-mille storage) must be given explicitly.
+    ``auto``: fraction when the 99.9th percentile of the finite values is <= 1.5 (noisy voxels of
+    a fraction map lie a little above 1), percent when it lies in 5-105 (a percent map of any
+    field of view with fat reaches far above 5); between them, or above, the units must be
+    given explicitly: a wrong guess would scale every metric by 100.
     """
     if units not in FF_UNITS:
         raise ConfigError(f"fat-fraction units {units!r} not one of {', '.join(FF_UNITS)}")
@@ -660,13 +662,14 @@ def ff_map_to_fraction(ff: np.ndarray, units: str = "auto", *, source=None) -> n
         raise InputFileError("fat-fraction map has no finite voxel", source=source)
     if units == "auto":
         top = float(np.percentile(finite, 99.9))
-        if top <= 1.05:
+        if top <= 1.5:
             units = "fraction"
-        elif top <= 105:
+        elif 5.0 <= top <= 105:
             units = "percent"
         else:
-            raise InputFileError(f"fat-fraction map values reach {top:g}: neither a fraction "
-                                 "(0-1) nor percent (0-100)", source=source)
+            raise InputFileError(f"fat-fraction map values reach {top:g} (99.9th percentile): "
+                                 "neither clearly a fraction (0-1) nor percent (0-100); give "
+                                 "the units (--ff-units)", source=source)
     scale = np.float32(100.0 if units == "percent" else 1.0)
     return np.clip(ff / scale, 0.0, 1.0)
 
