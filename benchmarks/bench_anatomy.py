@@ -21,7 +21,8 @@ import numpy as np
 from myocomp.imaging.anatomy import check_anatomy, label_geometry
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import load_dixon
-from myocomp.imaging.labels import get_profile, load_labels
+from myocomp.imaging.labelmap import load_labels
+from myocomp.imaging.labels import get_profile
 from myocomp.synth.phantom import write_phantom
 
 

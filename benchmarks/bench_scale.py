@@ -55,7 +55,7 @@ def sequential(manifest, out: Path) -> float:
     """Seconds of the plain loop: load -> labels -> quantify -> write parquet, per participant."""
     from myocomp.imaging.composition import quantify
     from myocomp.imaging.dixon import load_dixon
-    from myocomp.imaging.labels import load_labels
+    from myocomp.imaging.labelmap import load_labels
     from myocomp.io import write_table
 
     start = time.perf_counter()

@@ -25,15 +25,6 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-#: cycles through imports inside functions that are known and must go (each is one strongly
-#: connected set of modules); the test fails on any other cycle and once one of these is gone
-KNOWN_CYCLES = {
-    # labels.labelmap_from_array imports anatomy.verify_profile inside the function, and
-    # anatomy builds on labels' vocabulary: the loader belongs above both (issue 15)
-    frozenset({"myocomp.imaging.labels", "myocomp.imaging.anatomy"}),
-}
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path], top_level: bool = False
              ) -> set[str]:
     """myocomp modules that ``name`` imports anywhere in its source (with ``top_level``: in
@@ -133,12 +124,9 @@ def test_no_import_cycle_at_import_time():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_no_import_cycle_but_the_known_ones():
+def test_no_import_cycle_at_all():
     found = cycles(import_graph())
-    new = found - KNOWN_CYCLES
-    assert not new, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in new)
-    gone = KNOWN_CYCLES - found
-    assert not gone, "fixed, remove from KNOWN_CYCLES: " + "; ".join(map(str, gone))
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
 
 
 def test_the_cycle_finders_find_cycles():

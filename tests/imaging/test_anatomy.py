@@ -19,7 +19,8 @@ from myocomp.errors import LabelError
 from myocomp.imaging.anatomy import check_anatomy, label_geometry
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays
-from myocomp.imaging.labels import builtin_profiles, get_profile, labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
+from myocomp.imaging.labels import builtin_profiles, get_profile
 from myocomp.io import save_nifti
 from myocomp.synth.phantom import make_phantom, write_phantom
 
@@ -216,7 +217,7 @@ def test_profiles_command_lists_every_builtin_with_its_source(capsys):
 def test_label_maps_from_files_keep_checks(tmp_path):
     ph = make_phantom(0, profile="mrsegmentator", **SMALL)
     path = save_nifti(np.flip(ph.labels, axis=0).astype(np.int16), ph.affine, tmp_path / "l.nii.gz")
-    from myocomp.imaging.labels import load_labels
+    from myocomp.imaging.labelmap import load_labels
 
     with pytest.raises(LabelError, match=str(path)):
         load_labels(path, "mrsegmentator")

@@ -10,7 +10,8 @@ from myocomp.imaging.composition import (
     slice_profile,
 )
 from myocomp.imaging.dixon import dixon_from_arrays, fat_fraction
-from myocomp.imaging.labels import get_profile, labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
+from myocomp.imaging.labels import get_profile
 
 from .helpers import AUTO_L, AUTO_R, PSOAS_L, SPINE, reorient, toy_volume
 

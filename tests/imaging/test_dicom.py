@@ -12,7 +12,7 @@ from myocomp.errors import GeometryError, InputFileError
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dicom import classify, read_dicom_dixon
 from myocomp.imaging.dixon import load_dixon
-from myocomp.imaging.labels import load_labels
+from myocomp.imaging.labelmap import load_labels
 from myocomp.io import save_nifti
 from myocomp.synth.dicom import write_dicom_series
 from myocomp.synth.phantom import make_phantom

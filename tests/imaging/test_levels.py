@@ -10,7 +10,8 @@ import pytest
 
 from myocomp.errors import LabelError
 from myocomp.imaging.dixon import dixon_from_arrays, fat_fraction
-from myocomp.imaging.labels import get_profile, labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
+from myocomp.imaging.labels import get_profile
 from myocomp.imaging.levels import (
     find_levels,
     level_metrics,

@@ -12,7 +12,8 @@ import pytest
 
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays
-from myocomp.imaging.labels import labelmap_from_array, profile_from_mapping
+from myocomp.imaging.labelmap import labelmap_from_array
+from myocomp.imaging.labels import profile_from_mapping
 
 # side assignment rests on the fat header (see the data's README)
 PROFILE = {"1": "erector_spinae_right", "2": "multifidus_right", "3": "multifidus_left", "4": "erector_spinae_left"}

@@ -8,7 +8,8 @@ import pytest
 from myocomp.imaging import qc
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays
-from myocomp.imaging.labels import labelmap_from_array, profile_from_mapping
+from myocomp.imaging.labelmap import labelmap_from_array
+from myocomp.imaging.labels import profile_from_mapping
 from myocomp.synth.phantom import make_phantom
 
 SMALL = {"n_slices": 8, "voxel_size_mm": (4.0, 4.0, 6.0), "supersample": 1}

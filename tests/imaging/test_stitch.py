@@ -8,7 +8,7 @@ import pytest
 from myocomp.errors import GeometryError
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays
-from myocomp.imaging.labels import labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
 from myocomp.imaging.stitch import Station, stitch, stitch_dixon, union_grid
 from myocomp.io import save_nifti
 from myocomp.synth.phantom import make_phantom

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from myocomp.imaging.dixon import dixon_from_arrays
-from myocomp.imaging.labels import labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
 from myocomp.pipeline import qc_page
 from myocomp.synth.phantom import make_phantom
 

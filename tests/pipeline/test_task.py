@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from myocomp.imaging.labels import labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
 from myocomp.pipeline.manifest import read_manifest
 from myocomp.pipeline.store import ResultStore, hash_inputs
 from myocomp.pipeline.task import BatchParams, process_participant

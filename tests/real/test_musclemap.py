@@ -21,7 +21,8 @@ from myocomp.cli import main
 from myocomp.errors import LabelError
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays, load_dixon
-from myocomp.imaging.labels import get_profile, labelmap_from_array, load_labels
+from myocomp.imaging.labelmap import labelmap_from_array, load_labels
+from myocomp.imaging.labels import get_profile
 from myocomp.io import save_nifti
 
 README_ML = {1: 84.5, 2: 78.6, 3: 108.4, 4: 119.8, 5: 78.4, 6: 74.3, 7: 20.8, 8: 26.1}

@@ -15,7 +15,8 @@ import pytest
 from myocomp.errors import LabelError
 from myocomp.imaging.anatomy import id_problem
 from myocomp.imaging.dixon import load_dixon
-from myocomp.imaging.labels import get_profile, labelmap_from_array, load_labels, present_label_ids
+from myocomp.imaging.labelmap import labelmap_from_array, load_labels
+from myocomp.imaging.labels import get_profile, present_label_ids
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from myocomp.errors import ConfigError
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays, estimate_noise_sigma, fat_fraction
-from myocomp.imaging.labels import labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
 from myocomp.synth.phantom import make_phantom
 
 GROUPS = ("back", "psoas")

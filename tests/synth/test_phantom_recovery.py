@@ -17,7 +17,7 @@ import pytest
 from myocomp.cli import main
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import dixon_from_arrays
-from myocomp.imaging.labels import labelmap_from_array
+from myocomp.imaging.labelmap import labelmap_from_array
 from myocomp.synth.phantom import make_phantom, write_phantom
 
 GROUPS = ("back", "psoas")

@@ -127,7 +127,8 @@ def quantify(
     together or not at all, and never over an input.
     """
     from myocomp.cli.app import captured_warnings
-    from myocomp.imaging.labels import AUTO_PROFILE, get_profile, labelmap_from_array
+    from myocomp.imaging.labelmap import labelmap_from_array
+    from myocomp.imaging.labels import AUTO_PROFILE, get_profile
     from myocomp.io import check_output_paths
     from myocomp.options import check_options
 

@@ -62,12 +62,8 @@ def segment_command(
     import numpy as np
 
     from myocomp.imaging.dixon import load_nifti, same_grid
-    from myocomp.imaging.labels import (
-        get_profile,
-        labelmap_from_array,
-        profile_from_dataset_json,
-        save_labels,
-    )
+    from myocomp.imaging.labelmap import labelmap_from_array
+    from myocomp.imaging.labels import get_profile, profile_from_dataset_json, save_labels
     from myocomp.io import check_output_paths, staged_outputs
     from myocomp.segment.models import resolve_model
     from myocomp.segment.nnunet import load_model_spec, segment_arrays

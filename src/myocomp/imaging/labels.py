@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from myocomp.errors import GeometryError, LabelError
+from myocomp.errors import LabelError
 
 SIDES = ("left", "right")
 
@@ -376,7 +376,7 @@ def get_profile(name_or_path: str | Path) -> LabelProfile:
     """
     key = str(name_or_path)
     if key.lower() == AUTO_PROFILE:
-        raise LabelError("profile 'auto' is chosen per label map (load_labels / labelmap_from_array), "
+        raise LabelError("profile 'auto' is chosen per label map (myocomp.imaging.labelmap), "
                          "not a fixed table")
     key = PROFILE_ALIASES.get(key.lower(), key.lower()) if not key.endswith(".json") else key
     if key in BUILTIN_PROFILES:
@@ -478,69 +478,6 @@ def present_label_ids(data: np.ndarray) -> np.ndarray:
         return np.flatnonzero(seen)
     present = np.unique(data)
     return present[present != 0]
-
-
-def labelmap_from_array(
-    data: np.ndarray,
-    affine: np.ndarray,
-    profile: LabelProfile | str,
-    reference: Any | None = None,
-    source: str | None = None,
-    *,
-    anatomy_check: bool = True,
-) -> LabelMap:
-    """Validate an in-memory label volume and return a canonical :class:`LabelMap`.
-
-    Checks: 3-D integer values, (with a ``reference`` DixonVolume) the same grid as the reference
-    after canonical reorientation, ids known to the profile, at least one muscle label, and the
-    anatomy the profile implies (:func:`myocomp.imaging.anatomy.verify_profile`; the reference's
-    water image gives the body outline). ``profile="auto"`` chooses the built-in profile that
-    fits; ``anatomy_check=False`` skips the anatomy rules (recorded in ``LabelMap.anatomy``).
-    """
-    from myocomp.imaging.anatomy import verify_profile
-    from myocomp.imaging.dixon import canonical, check_affine, same_grid
-
-    if not isinstance(profile, LabelProfile) and str(profile).lower() != AUTO_PROFILE:
-        profile = get_profile(profile)
-    data = np.asarray(data)
-    if data.ndim != 3:
-        raise GeometryError(f"label map has {data.ndim} dimensions; 3 are needed", source=source)
-    check_affine(affine, source=source, role="label map")
-    if not np.issubdtype(data.dtype, np.integer) and (
-        not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data))
-    ):
-        raise LabelError("label map holds non-integer values", source=source)
-    if not np.issubdtype(data.dtype, np.integer):
-        data = data.astype(np.int32)
-    data, new_affine = canonical(data, np.asarray(affine, dtype=float))
-    if reference is not None:
-        if data.shape != reference.shape:
-            raise GeometryError(
-                f"label map shape {data.shape} differs from image shape {reference.shape}: "
-                "labels are on another grid",
-                source=source,
-            )
-        if not same_grid(new_affine, reference.affine, shape=reference.shape):
-            raise GeometryError(
-                "label map affine differs from the image's by up to "
-                f"{np.abs(new_affine - reference.affine).max():.3g} mm: labels are on another grid",
-                source=source,
-            )
-    image = getattr(reference, "water", None)
-    profile, record = verify_profile(data, new_affine, profile, image=image, check=anatomy_check, source=source)
-    return LabelMap(data=data, affine=new_affine, profile=profile, anatomy=record)
-
-
-def load_labels(
-    path: str | Path, profile: LabelProfile | str, reference: Any | None = None, *, anatomy_check: bool = True
-) -> LabelMap:
-    """Load a label map NIfTI (see :func:`labelmap_from_array` for the checks)."""
-    from myocomp.imaging.dixon import load_nifti
-
-    img = load_nifti(path, role="label map")
-    return labelmap_from_array(
-        np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path), anatomy_check=anatomy_check
-    )
 
 
 def save_labels(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:

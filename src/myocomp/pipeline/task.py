@@ -201,7 +201,7 @@ def _results_record(result, flags) -> dict[str, Any]:
 def _label_map(p: Participant, dixon, params: BatchParams, clock: _Clock):
     if p.labels is not None:
         clock.enter("labels")
-        from myocomp.imaging.labels import load_labels
+        from myocomp.imaging.labelmap import load_labels
 
         return load_labels(
             p.labels, p.profile, reference=dixon, anatomy_check=not params.skip_anatomy_check

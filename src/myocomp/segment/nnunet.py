@@ -439,12 +439,8 @@ def segment_dixon(
     profile is derived from dataset.json's label names unless ``profile`` (a LabelProfile, a
     built-in profile name or a mapping/dataset.json path) is given.
     """
-    from myocomp.imaging.labels import (
-        get_profile,
-        labelmap_from_array,
-        present_label_ids,
-        profile_from_dataset_json,
-    )
+    from myocomp.imaging.labelmap import labelmap_from_array
+    from myocomp.imaging.labels import get_profile, present_label_ids, profile_from_dataset_json
     from myocomp.segment.models import resolve_model
 
     spec = load_model_spec(resolve_model(model), input_axcodes)
