@@ -376,7 +376,7 @@ def get_profile(name_or_path: str | Path) -> LabelProfile:
     """
     key = str(name_or_path)
     if key.lower() == AUTO_PROFILE:
-        raise LabelError("profile 'auto' is chosen per label map (myocomp.imaging.labelmap), "
+        raise LabelError("profile 'auto' is chosen per label map (load_labels / labelmap_from_array), "
                          "not a fixed table")
     key = PROFILE_ALIASES.get(key.lower(), key.lower()) if not key.endswith(".json") else key
     if key in BUILTIN_PROFILES:
