@@ -426,102 +426,106 @@ def fetch_model(
     info = get_model_info(name)
     home = Path(home) if home is not None else cache_dir()
     root = Path(to) if to is not None else home / "models" / info.name
-    if root.exists() and not force:
-        marker = _read_marker(root)
-        if marker is not None and (root / marker.get("results_folder", ".")).is_dir():
-            return FetchResult(
-                info.name,
-                root / marker["results_folder"],
-                root,
-                marker.get("sha256", ""),
-                marker.get("verification", "none"),
-                info.licence,
-                already_installed=True,
-            )
-        if any(root.iterdir()):
-            raise ModelFetchError(
-                "install folder exists and is not an installed model", source=root
-            )
+    installed = _installed(info, root, force)
+    if installed is not None:
+        return installed
     root.parent.mkdir(parents=True, exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
 
     expected = sha256.lower() if sha256 else _expected_sha256(info)
-    verification_if_match = "given" if sha256 else ("shipped" if info.shipped else "publisher")
-    source_url = url or info.url
-    tmp_file: Path | None = None
+    temporary: list[Path] = []
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{info.name}-", suffix=".partial", dir=root.parent))
     tmp_dir.chmod(0o755)  # mkdtemp makes it private; the installed model is an ordinary folder
     try:
-        if from_file is not None:
-            archive = Path(from_file)
-            if not archive.is_file():
-                raise InputFileError("archive not found", source=archive)
-            seen = _sha256_file(archive)
-            origin = str(archive.resolve())
-        elif info.shipped and url is None:
-            archive = _shipped_archive(info)
-            seen = _sha256_file(archive)
-            origin = f"shipped:{info.shipped}"
-        else:
-            if not source_url:
-                raise ModelFetchError(f"model {info.name!r} has no download URL; use --from-file")
-            fd, name_tmp = tempfile.mkstemp(
-                prefix=f".{info.name}-", suffix=".download", dir=root.parent
-            )
-            os.close(fd)
-            tmp_file = Path(name_tmp)
-            seen = _download(source_url, tmp_file, progress, timeout)
-            archive = tmp_file
-            origin = source_url
-
-        known_key = info.url or ""
-        if expected:
-            if seen != expected:
-                raise ModelFetchError(
-                    f"SHA-256 mismatch: expected {expected}, got {seen} (archive discarded)",
-                    source=origin,
-                )
-            verification = verification_if_match
-        else:
-            recorded = _load_known(home).get(known_key) if known_key else None
-            if recorded and recorded != seen:
-                raise ModelFetchError(
-                    f"SHA-256 {seen} differs from the hash recorded on the first download "
-                    f"({recorded}); archive discarded",
-                    source=origin,
-                )
-            verification = "matched-recorded" if recorded else "recorded"
-
-        _safe_extract(archive, tmp_dir)
-        results = find_results_folder(tmp_dir)
-        marker = {
-            "name": info.name,
-            "origin": origin,
-            "sha256": seen,
-            "verification": verification,
-            "results_folder": str(results.relative_to(tmp_dir)),
-            "licence": info.licence,
-            "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (tmp_dir / MARKER).write_text(json.dumps(marker, indent=2))
-        if root.exists():
-            old = root.with_name(root.name + f".old-{os.getpid()}")
-            os.replace(root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp_dir, root)
-        if verification == "recorded" and known_key:
-            _record_known(home, known_key, seen)
+        archive, seen, origin = _obtain_archive(info, from_file, url, root.parent, progress, timeout,
+                                                temporary)
+        verification = _verify_archive(info, seen, expected, bool(sha256), home, origin)
+        marker = _install(archive, tmp_dir, root, info, origin, seen, verification)
+        if verification == "recorded" and info.url:
+            _record_known(home, info.url, seen)
     finally:
-        if tmp_file is not None:
+        for tmp_file in temporary:
             with contextlib.suppress(OSError):
                 tmp_file.unlink()
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
-    return FetchResult(
-        info.name,
-        root / marker["results_folder"],
-        root,
-        seen,
-        verification,
-        info.licence,
-    )
+    return FetchResult(info.name, root / marker["results_folder"], root, seen, verification, info.licence)
+
+
+def _installed(info: ModelInfo, root: Path, force: bool) -> FetchResult | None:
+    """The install already at ``root`` (None if there is none or ``force``); raises if ``root``
+    holds something else."""
+    if not root.exists() or force:
+        return None
+    marker = _read_marker(root)
+    if marker is not None and (root / marker.get("results_folder", ".")).is_dir():
+        return FetchResult(info.name, root / marker["results_folder"], root, marker.get("sha256", ""),
+                           marker.get("verification", "none"), info.licence, already_installed=True)
+    if any(root.iterdir()):
+        raise ModelFetchError("install folder exists and is not an installed model", source=root)
+    return None
+
+
+def _obtain_archive(info: ModelInfo, from_file, url, parent: Path, progress, timeout: float,
+                    temporary: list[Path]) -> tuple[Path, str, str]:
+    """The archive (a local file, the shipped copy or a download into ``parent``, whose temporary
+    file is appended to ``temporary``), its SHA-256 and its origin."""
+    if from_file is not None:
+        archive = Path(from_file)
+        if not archive.is_file():
+            raise InputFileError("archive not found", source=archive)
+        return archive, _sha256_file(archive), str(archive.resolve())
+    if info.shipped and url is None:
+        archive = _shipped_archive(info)
+        return archive, _sha256_file(archive), f"shipped:{info.shipped}"
+    source_url = url or info.url
+    if not source_url:
+        raise ModelFetchError(f"model {info.name!r} has no download URL; use --from-file")
+    fd, name_tmp = tempfile.mkstemp(prefix=f".{info.name}-", suffix=".download", dir=parent)
+    os.close(fd)
+    temporary.append(Path(name_tmp))
+    return Path(name_tmp), _download(source_url, Path(name_tmp), progress, timeout), source_url
+
+
+def _verify_archive(info: ModelInfo, seen: str, expected: str | None, given: bool, home: Path,
+                    origin: str) -> str:
+    """How the archive's hash ``seen`` was verified against ``expected`` (``given`` by the user,
+    ``shipped``, ``publisher``) or, without one, against the hash recorded on the first download
+    (``matched-recorded``, ``recorded``); raises :class:`ModelFetchError` on a mismatch."""
+    if expected:
+        if seen != expected:
+            raise ModelFetchError(f"SHA-256 mismatch: expected {expected}, got {seen} (archive discarded)",
+                                  source=origin)
+        return "given" if given else ("shipped" if info.shipped else "publisher")
+    recorded = _load_known(home).get(info.url) if info.url else None
+    if recorded and recorded != seen:
+        raise ModelFetchError(
+            f"SHA-256 {seen} differs from the hash recorded on the first download "
+            f"({recorded}); archive discarded",
+            source=origin,
+        )
+    return "matched-recorded" if recorded else "recorded"
+
+
+def _install(archive: Path, tmp_dir: Path, root: Path, info: ModelInfo, origin: str, seen: str,
+             verification: str) -> dict:
+    """Unpack ``archive`` into ``tmp_dir``, write the install marker and move it to ``root``
+    (replacing an old install); returns the marker."""
+    _safe_extract(archive, tmp_dir)
+    results = find_results_folder(tmp_dir)
+    marker = {
+        "name": info.name,
+        "origin": origin,
+        "sha256": seen,
+        "verification": verification,
+        "results_folder": str(results.relative_to(tmp_dir)),
+        "licence": info.licence,
+        "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (tmp_dir / MARKER).write_text(json.dumps(marker, indent=2))
+    if root.exists():
+        old = root.with_name(root.name + f".old-{os.getpid()}")
+        os.replace(root, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp_dir, root)
+    return marker
