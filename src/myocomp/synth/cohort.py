@@ -176,13 +176,50 @@ def simulate_cohort(n: int = 27518, seed: int = 0,
         raise ConfigError(f"n must be at least 50, got {n}")
     p = params or CohortParameters()
     rng = np.random.default_rng(seed)
+    # the draws happen in this order (the table depends on it for a given seed)
+    site_effects, site = _draw_sites(rng, n, p)
+    person = _draw_people(rng, n, p)
+    a50, b27, female = person["age"] - 50.0, person["bmi"] - 27.0, person["female"]
+    disease = _draw_comorbidities(rng, n, a50, b27, female)
+    muscle = _draw_back_muscle(rng, n, p, person)
+    z_i, z_l = _z(muscle["intermat_volume_ml"]), _z(muscle["lmm"])
 
+    eta = (site_effects[site] + p.beta_intermat * z_i + p.beta_lmm * z_l
+           + p.interaction * z_i * z_l + p.beta_age * person["age"] + p.beta_female * female
+           + p.beta_diabetes * disease["diabetes"] + p.beta_dyslipidemia * disease["dyslipidemia"]
+           + p.beta_osteoporosis * disease["osteoporosis"]
+           + p.beta_osteoarthritis * disease["osteoarthritis"]
+           + p.beta_pa_low * person["pa_low"] + p.beta_pa_high * person["pa_high"])
+    b0 = _solve_intercept(eta, p.prevalence)
+    cbp = (rng.random(n) < special.expit(b0 + eta)).astype(np.int8)
+
+    eta_pain = (np.where(cbp == 1, p.pain_cbp_shift, p.pain_no_cbp_shift)
+                + p.pain_intermat * z_i + p.pain_lmm * z_l + p.pain_age * a50
+                + p.pain_female * female)
+    latent = eta_pain + rng.logistic(0.0, 1.0, n)
+    pain = np.searchsorted(np.asarray(p.pain_thresholds), latent).astype(np.int8)
+
+    data = _cohort_table(n, len(site_effects), site, person, disease, cbp, pain, muscle)
+    truth = _true_parameters(p, b0, site_effects, n, seed)
+    return SyntheticCohort(data=data, true_parameters=truth)
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    """Standardised ``x`` (sample standard deviation)."""
+    return (x - x.mean()) / x.std(ddof=1)
+
+
+def _draw_sites(rng: np.random.Generator, n: int, p: CohortParameters) -> tuple[np.ndarray, np.ndarray]:
+    """Site random effects (n_sites,) on the logit scale and each participant's site index (n,)."""
     weights = np.asarray(p.site_weights, float)
     weights = weights / weights.sum()
-    n_sites = len(weights)
-    site_effects = rng.normal(0.0, p.site_sd, n_sites)
-    site = rng.choice(n_sites, size=n, p=weights)
+    site_effects = rng.normal(0.0, p.site_sd, len(weights))
+    return site_effects, rng.choice(len(weights), size=n, p=weights)
 
+
+def _draw_people(rng: np.random.Generator, n: int, p: CohortParameters) -> dict[str, np.ndarray]:
+    """Sex (``female`` 0/1), age (years), height (cm), BMI (kg/m²), physical activity (MET
+    min/week, capped and rounded; ``log_met`` before that) and its low/high indicators, (n,) each."""
     female = (rng.random(n) < p.female_share).astype(np.int8)
     age = np.round(_truncated_normal(rng, n, p.age_mean, p.age_sd, *p.age_range))
 
@@ -193,77 +230,67 @@ def simulate_cohort(n: int = 27518, seed: int = 0,
 
     log_met = rng.normal(p.log_met_mean, p.log_met_sd, n)
     met = np.round(np.minimum(np.exp(log_met), MET_CAP), 1)
-    pa_low = (met < PA_BREAKS[0]).astype(np.int8)
-    pa_high = (met > PA_BREAKS[1]).astype(np.int8)
+    return {"female": female, "age": age, "height": height, "bmi": bmi, "log_met": log_met, "met": met,
+            "pa_low": (met < PA_BREAKS[0]).astype(np.int8), "pa_high": (met > PA_BREAKS[1]).astype(np.int8)}
 
-    a50, b27 = age - 50.0, bmi - 27.0
 
+def _draw_comorbidities(rng: np.random.Generator, n: int, a50: np.ndarray, b27: np.ndarray,
+                        female: np.ndarray) -> dict[str, np.ndarray]:
+    """Diabetes, dyslipidemia, osteoporosis, osteoarthritis (0/1, (n,) each) from age - 50,
+    BMI - 27 and sex."""
     def bern(logit: np.ndarray) -> np.ndarray:
         return (rng.random(n) < special.expit(logit)).astype(np.int8)
 
-    diabetes = bern(-2.9 + 0.06 * a50 + 0.12 * b27 - 0.3 * female)
-    dyslipidemia = bern(-1.55 + 0.05 * a50 + 0.06 * b27 - 0.25 * female)
-    osteoporosis = bern(-4.6 + 0.09 * a50 + 1.3 * female - 0.06 * b27)
-    osteoarthritis = bern(-1.6 + 0.065 * a50 + 0.06 * b27 + 0.3 * female)
+    return {
+        "diabetes": bern(-2.9 + 0.06 * a50 + 0.12 * b27 - 0.3 * female),
+        "dyslipidemia": bern(-1.55 + 0.05 * a50 + 0.06 * b27 - 0.25 * female),
+        "osteoporosis": bern(-4.6 + 0.09 * a50 + 1.3 * female - 0.06 * b27),
+        "osteoarthritis": bern(-1.6 + 0.065 * a50 + 0.06 * b27 + 0.3 * female),
+    }
 
-    log_vol = (np.log(1450.0) - 0.30 * female + 2.0 * np.log(height / 175.0)
+
+def _draw_back_muscle(rng: np.random.Generator, n: int, p: CohortParameters,
+                      person: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Back-muscle metrics (n,) each: volume_ml, ff_mean (0-1), lean_volume_ml,
+    intermat_volume_ml, intermat_fraction (0-1), lmm (mL·m²/kg, from the unrounded BMI)."""
+    female, bmi = person["female"], person["bmi"]
+    a50, b27 = person["age"] - 50.0, bmi - 27.0
+    log_vol = (np.log(1450.0) - 0.30 * female + 2.0 * np.log(person["height"] / 175.0)
                + 0.30 * np.log(bmi / 27.0) - 0.006 * a50 + rng.normal(0.0, 0.10, n))
     volume = np.exp(log_vol)
     ff_logit = (special.logit(0.085) + 0.35 * female + 0.022 * a50 + 0.035 * b27
-                - 0.06 * (log_met - p.log_met_mean) + rng.normal(0.0, 0.28, n))
+                - 0.06 * (person["log_met"] - p.log_met_mean) + rng.normal(0.0, 0.28, n))
     ff_mean = special.expit(ff_logit)
     q_logit = -3.3 + 9.0 * (ff_mean - 0.10) + rng.normal(0.0, 0.35, n)
     intermat_fraction = special.expit(q_logit)
-    intermat = volume * intermat_fraction
     lean_ff = np.clip(ff_mean - 0.6 * intermat_fraction, 0.01, 0.45)
     lean = volume * (1.0 - intermat_fraction) * (1.0 - lean_ff)
-    lmm = lean / bmi
+    return {"volume_ml": volume, "ff_mean": ff_mean, "lean_volume_ml": lean,
+            "intermat_volume_ml": volume * intermat_fraction, "intermat_fraction": intermat_fraction,
+            "lmm": lean / bmi}
 
-    z_i = (intermat - intermat.mean()) / intermat.std(ddof=1)
-    z_l = (lmm - lmm.mean()) / lmm.std(ddof=1)
 
-    eta = (site_effects[site] + p.beta_intermat * z_i + p.beta_lmm * z_l
-           + p.interaction * z_i * z_l + p.beta_age * age + p.beta_female * female
-           + p.beta_diabetes * diabetes + p.beta_dyslipidemia * dyslipidemia
-           + p.beta_osteoporosis * osteoporosis + p.beta_osteoarthritis * osteoarthritis
-           + p.beta_pa_low * pa_low + p.beta_pa_high * pa_high)
-    b0 = _solve_intercept(eta, p.prevalence)
-    cbp = (rng.random(n) < special.expit(b0 + eta)).astype(np.int8)
-
-    eta_pain = (np.where(cbp == 1, p.pain_cbp_shift, p.pain_no_cbp_shift)
-                + p.pain_intermat * z_i + p.pain_lmm * z_l + p.pain_age * a50
-                + p.pain_female * female)
-    latent = eta_pain + rng.logistic(0.0, 1.0, n)
-    pain = np.searchsorted(np.asarray(p.pain_thresholds), latent).astype(np.int8)
-
+def _cohort_table(n: int, n_sites: int, site: np.ndarray, person: dict, disease: dict,
+                  cbp: np.ndarray, pain: np.ndarray, muscle: dict) -> pd.DataFrame:
+    """The cohort table (columns as :func:`simulate_cohort` documents them)."""
     width = max(6, len(str(n)))
     data = pd.DataFrame({
         "participant_id": [f"SYN{i:0{width}d}" for i in range(1, n + 1)],
         "site": pd.Series([f"site_{k + 1}" for k in range(n_sites)]).to_numpy()[site],
-        "age": age.astype(np.int16),
-        "sex": np.where(female == 1, "female", "male"),
-        "height_cm": np.round(height, 1),
-        "bmi": np.round(bmi, 2),
-        "met_min_week": met,
-        "diabetes": diabetes,
-        "dyslipidemia": dyslipidemia,
-        "osteoporosis": osteoporosis,
-        "osteoarthritis": osteoarthritis,
+        "age": person["age"].astype(np.int16),
+        "sex": np.where(person["female"] == 1, "female", "male"),
+        "height_cm": np.round(person["height"], 1),
+        "bmi": np.round(person["bmi"], 2),
+        "met_min_week": person["met"],
+        **disease,
         "cbp": cbp,
         "pain_intensity": pain,
         "group": "back",
-        "volume_ml": volume,
-        "ff_mean": ff_mean,
-        "lean_volume_ml": lean,
-        "intermat_volume_ml": intermat,
-        "intermat_fraction": intermat_fraction,
-        "lmm": lmm,
+        **muscle,
     })
     # bmi was rounded for the table: recompute lmm from the stored bmi so lmm == lean / bmi holds
     data["lmm"] = data["lean_volume_ml"] / data["bmi"]
-
-    truth = _true_parameters(p, b0, site_effects, n, seed)
-    return SyntheticCohort(data=data, true_parameters=truth)
+    return data
 
 
 def _true_parameters(p: CohortParameters, b0: float, site_effects: np.ndarray,
