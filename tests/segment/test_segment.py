@@ -334,3 +334,18 @@ def test_demo_model_loads_with_nnunet_own_loader(model, monkeypatch):
     for key, value in ours.network.state_dict().items():
         torch.testing.assert_close(theirs[key], value)
     assert predictor.allowed_mirroring_axes is None
+
+
+def test_image_channels_one_rule_for_a_water_fat_pair():
+    from myocomp.segment.nnunet import image_channels, in_phase_sum
+
+    water, fat = np.full((2, 2, 2), 3, np.int16), np.full((2, 2, 2), 0.5, np.float64)
+    arrays, sources = image_channels([water, fat], ("MRI",))
+    assert sources == [(0, 1)] and arrays[0].dtype == np.float32
+    np.testing.assert_array_equal(arrays[0], np.full((2, 2, 2), 3.5, np.float32))
+    np.testing.assert_array_equal(in_phase_sum(water, fat), arrays[0])
+    arrays, sources = image_channels([water, fat], ("water", "fat"))
+    assert sources == [(0,), (1,)]
+    np.testing.assert_array_equal(arrays[1], fat.astype(np.float32))
+    with pytest.raises(ConfigError, match=r"model m expects 2 image\(s\) in this order: \['water', 'fat'\]; got 3"):
+        image_channels([water, fat, fat], ("water", "fat"), "m")

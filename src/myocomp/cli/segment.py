@@ -61,40 +61,20 @@ def segment_command(
     """Segment an image with an nnU-Net v2 model; the label map overlays the input file."""
     import numpy as np
 
-    from myocomp.imaging.dixon import load_nifti, same_grid
     from myocomp.imaging.labelmap import labelmap_from_array
     from myocomp.imaging.labels import get_profile, profile_from_dataset_json, save_labels
     from myocomp.io import check_output_paths, staged_outputs
     from myocomp.segment.models import resolve_model
-    from myocomp.segment.nnunet import load_model_spec, segment_arrays
+    from myocomp.segment.nnunet import image_channels, load_model_spec, segment_arrays
 
     _check_segment_output(out, image, model)
     model_dir = resolve_model(model)
     spec = load_model_spec(model_dir, orientation)
     check_output_paths({"--out": out}, {"model folder": model_dir})
-    lines: list[str] = []  # printed after success, so that an error is the only line
-    imgs = [load_nifti(p, role=f"image {i}") for i, p in enumerate(image)]
+    imgs = _load_images(image)
     ref = imgs[0]
-    for path, img in zip(image[1:], imgs[1:], strict=True):
-        if img.shape != ref.shape or not same_grid(img.affine, ref.affine, shape=ref.shape):
-            raise GeometryError(f"not on the grid of {image[0]} (shape/affine differ)", source=path)
-    arrays = [np.asarray(img.dataobj, dtype=np.float32) for img in imgs]
-    n_model = len(spec.channel_names)
-    if n_model == 1 and len(arrays) == 2:
-        arrays = [arrays[0] + arrays[1]]
-        lines.append(f"channel 0 ({spec.channel_names[0]}) <- {image[0]} + {image[1]}")
-    elif len(arrays) != n_model:
-        raise ConfigError(
-            f"model {model} expects {n_model} image(s) in this order: {list(spec.channel_names)}; "
-            f"got {len(arrays)}"
-        )
-    else:
-        for i, (name, path) in enumerate(zip(spec.channel_names, image, strict=True)):
-            lines.append(f"channel {i} ({name}) <- {path}")
-    if profile == "auto":
-        prof = profile_from_dataset_json(spec.dataset_json)
-    else:
-        prof = get_profile(profile)
+    arrays, sources = image_channels([img.dataobj for img in imgs], spec.channel_names, model)
+    prof = profile_from_dataset_json(spec.dataset_json) if profile == "auto" else get_profile(profile)
     labels = segment_arrays(
         arrays,
         ref.affine,
@@ -107,13 +87,25 @@ def segment_command(
     labelmap_from_array(labels, ref.affine, prof, source=str(out))  # ids known, muscles present
     with staged_outputs(protect=[*image, model_dir]) as stage:
         save_labels(labels, ref.affine, stage.file(out))
-    for line in lines:
-        typer.echo(line)
+    for i, (name, used) in enumerate(zip(spec.channel_names, sources, strict=True)):
+        typer.echo(f"channel {i} ({name}) <- {' + '.join(str(image[k]) for k in used)}")
     ids, counts = np.unique(labels[labels != 0], return_counts=True)
     summary = ", ".join(
         f"{prof.ids.get(int(i), i)}={int(c)}" for i, c in zip(ids, counts, strict=True)
     )
     typer.echo(f"wrote {out} ({summary} voxels); profile for quantify: {spec.dataset_json}")
+
+
+def _load_images(paths: list[Path]) -> list:
+    """The --image NIfTIs (nibabel images), refused unless all are on the first one's grid."""
+    from myocomp.imaging.dixon import load_nifti, same_grid
+
+    imgs = [load_nifti(p, role=f"image {i}") for i, p in enumerate(paths)]
+    ref = imgs[0]
+    for path, img in zip(paths[1:], imgs[1:], strict=True):
+        if img.shape != ref.shape or not same_grid(img.affine, ref.affine, shape=ref.shape):
+            raise GeometryError(f"not on the grid of {paths[0]} (shape/affine differ)", source=path)
+    return imgs
 
 
 @models_app.command("list")

@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ModelSpec",
     "channel_arrays",
+    "image_channels",
+    "in_phase_sum",
     "clear_predictors",
     "get_predictor",
     "load_model_spec",
@@ -312,6 +314,31 @@ def clear_predictors() -> None:
         _PREDICTORS.clear()
 
 
+def in_phase_sum(water: np.ndarray, fat: np.ndarray) -> np.ndarray:
+    """Water + fat (float32, the shape of both): the in-phase signal magnitude of a two-point
+    Dixon, the input a single-channel model gets from a water/fat pair."""
+    return np.asarray(water, np.float32) + np.asarray(fat, np.float32)
+
+
+def image_channels(images: Sequence[np.ndarray], channel_names: Sequence[str],
+                   model: str = "model") -> tuple[list[np.ndarray], list[tuple[int, ...]]]:
+    """The model's input channels from ``images`` given in ``channel_names`` order.
+
+    A single-channel model given two images (water, fat) gets their :func:`in_phase_sum`.
+    Returns the float32 channels and, per channel, the indices of the images it was made of;
+    raises :class:`ConfigError` (naming ``model``) when the number of images does not fit.
+    """
+    arrays = [np.asarray(a, dtype=np.float32) for a in images]
+    if len(channel_names) == 1 and len(arrays) == 2:
+        return [in_phase_sum(*arrays)], [(0, 1)]
+    if len(arrays) != len(channel_names):
+        raise ConfigError(
+            f"model {model} expects {len(channel_names)} image(s) in this order: "
+            f"{list(channel_names)}; got {len(arrays)}"
+        )
+    return arrays, [(i,) for i in range(len(arrays))]
+
+
 def channel_arrays(dixon: DixonVolume, channel_names: Sequence[str]) -> list[np.ndarray]:
     """The Dixon images in the model's channel order (see the module docstring for the rules).
 
@@ -336,9 +363,7 @@ def channel_arrays(dixon: DixonVolume, channel_names: Sequence[str]) -> list[np.
             if images["in_phase"] is not None:
                 arr = images["in_phase"]
             elif images["water"] is not None and images["fat"] is not None:
-                arr = np.asarray(images["water"], np.float32) + np.asarray(
-                    images["fat"], np.float32
-                )
+                arr = in_phase_sum(images["water"], images["fat"])
             elif images["water"] is not None:
                 arr = images["water"]
             else:
