@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 
 from myocomp.cli import main
+from myocomp.imaging.composition import gmm_fat_probability, quantify
+from myocomp.imaging.dixon import dixon_from_arrays
+from myocomp.imaging.labelmap import labelmap_from_array
 from myocomp.io import save_nifti
 
 from .helpers import AUTO_L, SPINE, toy_volume, write_toy
@@ -40,7 +43,12 @@ def test_real_data_volumes_equal_an_independent_voxel_count(shared_data, tmp_pat
     assert m.loc["psoas", "volume_ml"] == pytest.approx(np.isin(data, [48, 49]).sum() * voxel_ml)
     # single-contrast (no fat image) mode ran, and says it is approximate
     assert set(m["method"]) == {"single_contrast_gmm (approximate)"}
-    assert m["ff_mean"].between(0, 1).all() and m["lmm"].isna().all()
+    # ff_mean is the mean fat posterior of the 2-class mixture fitted to the muscle voxels
+    water = np.asarray(nib.load(image).dataobj, dtype=np.float32)
+    post = gmm_fat_probability(water, water[np.isin(data, list(expected.values()))])
+    for name, label in expected.items():
+        assert m.loc[name, "ff_mean"] == pytest.approx(float(post[data == label].mean()), rel=1e-5)
+    assert m["lmm"].isna().all()
     assert (m["participant_id"] == "ts1").all()
     slices = pd.read_csv(tmp_path / "s.csv")
     assert set(slices["muscle"]) == {"back", "psoas", *expected}
@@ -58,10 +66,50 @@ def test_dixon_quantify_writes_all_formats(tmp_path, capsys):
                                  "--labels", str(paths["labels"]), "--bmi", "24.5", "--out", str(out),
                                  "--provenance", str(tmp_path / "prov.json")], capsys)
         assert code == 0, err
-        assert out.exists() and "back" in stdout
+        assert "back" in stdout
+    water, fat, labels, affine = toy_volume(0)
+    dixon = dixon_from_arrays(water, fat, affine)
+    expected = quantify(dixon, labelmap_from_array(labels, affine, "mrsegmentator", reference=dixon), bmi=24.5)
+    tables = {".csv": pd.read_csv(tmp_path / "m.csv"), ".tsv": pd.read_csv(tmp_path / "m.tsv", sep="\t"),
+              ".json": pd.read_json(tmp_path / "m.json", orient="records")}
+    for suffix, table in tables.items():
+        assert set(expected.metrics.columns) <= set(table.columns), suffix  # the CLI adds QC flags
+        for col in expected.metrics.columns:
+            want = expected.metrics[col]
+            if pd.api.types.is_numeric_dtype(want):
+                np.testing.assert_allclose(table[col].to_numpy(float), want.to_numpy(float),
+                                           rtol=1e-8 if suffix == ".json" else 1e-12,  # JSON: 10 decimals
+                                           atol=1e-10, err_msg=f"{suffix} {col}")
+            else:
+                assert table[col].astype(str).tolist() == want.astype(str).tolist(), f"{suffix} {col}"
     m = pd.read_csv(tmp_path / "m.csv").set_index("group")
     assert m.loc["back", "lmm"] == pytest.approx(m.loc["back", "lean_volume_ml"] / 24.5)
     assert "fat_threshold" in (tmp_path / "prov.json").read_text()
+
+
+def test_single_contrast_classifies_a_known_two_tissue_mixture(tmp_path, capsys):
+    """Water-only image whose muscle voxels are drawn from two tissues with a known class map:
+    the mixture's ff_mean of each muscle is its true share of the bright (fat) tissue."""
+    _, _, labels, affine = toy_volume(0)
+    rng = np.random.default_rng(3)
+    share = {AUTO_L: 0.30, AUTO_L + 1: 0.10, AUTO_L + 2: 0.05, AUTO_L + 3: 0.20}
+    is_fat = np.zeros(labels.shape, bool)
+    for label, p in share.items():
+        is_fat[labels == label] = rng.random(int((labels == label).sum())) < p
+    image = np.where(is_fat, rng.normal(900.0, 40.0, labels.shape), rng.normal(300.0, 30.0, labels.shape))
+    image[labels == 0] = 50.0
+    save_nifti(image.astype(np.float32), affine, tmp_path / "t1.nii.gz")
+    save_nifti(labels, affine, tmp_path / "labels.nii.gz")
+    code, _, err = run(["quantify", "--water", str(tmp_path / "t1.nii.gz"), "--labels",
+                        str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path / "m.csv")], capsys)
+    assert code == 0, err
+    m = pd.read_csv(tmp_path / "m.csv").set_index("group")
+    names = {AUTO_L: "autochthon_left", AUTO_L + 1: "autochthon_right", AUTO_L + 2: "iliopsoas_left",
+             AUTO_L + 3: "iliopsoas_right"}
+    for label, name in names.items():
+        truth = float(is_fat[labels == label].mean())
+        assert m.loc[name, "ff_mean"] == pytest.approx(truth, abs=0.005), name
+        assert m.loc[name, "intermat_volume_ml"] == pytest.approx(truth * m.loc[name, "volume_ml"], rel=0.02)
 
 
 def _bad_inputs(tmp_path):
