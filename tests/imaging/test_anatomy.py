@@ -205,15 +205,6 @@ def test_quantify_cli_auto_skip_and_provenance(tmp_path, capsys):
     assert json.loads(prov.read_text())["parameters"]["label_check"]["anatomy_check"] is False
 
 
-def test_profiles_command_lists_every_builtin_with_its_source(capsys):
-    assert main(["profiles"]) == 0
-    out = capsys.readouterr().out
-    for p in PROFILES.values():
-        assert f"{p.name}" in out and p.source in out
-    assert "totalsegmentator_mr (also: total_mr): TotalSegmentator 2.5.0+" in out
-    assert "musclemap_v1.4 (also: musclemap)" in out
-
-
 def test_label_maps_from_files_keep_checks(tmp_path):
     ph = make_phantom(0, profile="mrsegmentator", **SMALL)
     path = save_nifti(np.flip(ph.labels, axis=0).astype(np.int16), ph.affine, tmp_path / "l.nii.gz")
