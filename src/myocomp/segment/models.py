@@ -34,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 
 from myocomp.errors import ConfigError, InputFileError, MyocompError
+from myocomp.io import write_json
 
 __all__ = [
     "MODELS",
@@ -389,10 +390,7 @@ def _load_known(home: Path) -> dict:
 def _record_known(home: Path, key: str, sha: str) -> None:
     known = _load_known(home)
     known[key] = sha
-    path = _known_hashes_path(home)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(known, _known_hashes_path(home))
 
 
 def fetch_model(
