@@ -9,7 +9,7 @@ import pytest
 
 from myocomp.imaging.composition import quantify
 from myocomp.imaging.dixon import fat_fraction, load_dixon
-from myocomp.imaging.labels import load_labels
+from myocomp.imaging.labelmap import load_labels
 from myocomp.io import save_nifti
 from myocomp.pipeline.manifest import ManifestError, read_manifest
 from myocomp.pipeline.task import BatchParams, process_participant
