@@ -102,6 +102,17 @@ def test_exclude_flagged_drops_participants_with_any_flag():
     assert list(exclude_flagged(table, group="back")["participant_id"]) == ["a", "a", "c"]
 
 
+def test_truncated_field_of_view_is_said_not_excluded():
+    table = pd.DataFrame({"participant_id": ["a", "b", "c"], "group": ["back"] * 3,
+                          "qc_swap_suspected": [False, True, False],
+                          "qc_truncated_fov": [True, False, True]})
+    said = []
+    kept = exclude_flagged(table, say=said.append, group="back")
+    assert list(kept["participant_id"]) == ["a", "c"]
+    assert any("2 participant(s) with muscles cut by the field of view" in m for m in said)
+    assert any("excluding 1" in m for m in said)
+
+
 PREDICT = ["predict", "--model", "{m}", "--age", "50", "--sex", "female", "--bmi", "25",
            "--intermat-ml", "40"]
 

@@ -48,8 +48,15 @@ def validate_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def _flagged(table: pd.DataFrame) -> pd.Series:
-    cols = [c for c in table.columns if str(c).startswith("qc_") and c != "qc_notes"]
+#: flags that describe the protocol, not a fault of the participant's data: counted and said,
+#: never a reason to exclude (a cropped field of view cuts every participant's muscles alike;
+#: a coverage-normalised group such as ``back_L1_L5`` compares across protocols)
+INFORMATIONAL_FLAGS = ("qc_truncated_fov",)
+
+
+def _flagged(table: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.Series:
+    cols = [c for c in table.columns if str(c).startswith("qc_") and c != "qc_notes"
+            and c not in INFORMATIONAL_FLAGS] if columns is None else [c for c in columns if c in table.columns]
     flags = pd.Series(False, index=table.index)
     for c in cols:
         v = table[c]
@@ -66,9 +73,14 @@ def exclude_flagged(table: pd.DataFrame | None, include_flagged: bool = False,
     column) carry any ``qc_*`` flag, unless ``include_flagged``; say how many."""
     if table is None:
         return None
-    flags = _flagged(table)
+    flags, cut = _flagged(table), _flagged(table, INFORMATIONAL_FLAGS)
     if group is not None and "group" in table.columns:
         flags &= table["group"].astype(str) == group
+        cut &= table["group"].astype(str) == group
+    if cut.any():
+        n_cut = table.loc[cut, "participant_id"].nunique() if "participant_id" in table.columns else int(cut.sum())
+        say(f"{n_cut} participant(s) with muscles cut by the field of view (qc_truncated_fov): their "
+            "volumes depend on coverage; a level group such as back_L1_L5 compares across protocols")
     if not flags.any():
         return table
     ids = table.loc[flags, "participant_id"] if "participant_id" in table.columns else flags[flags]
