@@ -147,3 +147,27 @@ def test_label_boxes_equal_find_objects():
     assert set(boxes) == {3, 7, 1002}
     for i, box in boxes.items():
         assert box == ndimage.find_objects((labels == i).astype(np.int8))[0]
+
+
+@pytest.mark.parametrize("swap_region", [False, True])
+def test_assess_on_quantifys_map_inside_the_box(swap_region: bool) -> None:
+    """QC reuses the map the metrics came from (box only): same flags, the metrics' median."""
+    p = make_phantom(3, swap_region=swap_region, **SMALL)
+    dixon, lm = volumes(p)
+    result = quantify(dixon, lm, with_slices=False)
+    assert result.ff.shape == lm.data[result.box].shape
+    reused = qc.assess(dixon, lm, GROUPS, ff=result.ff, box=result.box)
+    whole = qc.assess(dixon, lm, GROUPS)
+    assert reused.swap_suspected == whole.swap_suspected == swap_region
+    muscle = np.isin(lm.data[result.box], [31, 32, 33, 34]) & np.isfinite(result.ff)
+    assert reused.muscle_ff_median == pytest.approx(float(np.median(result.ff[muscle])), abs=1e-7)
+    # the whole-volume QC map is the plain ratio: biased upwards by the noise floor
+    assert whole.muscle_ff_median > reused.muscle_ff_median
+
+
+def test_assess_ignores_a_map_without_a_fat_image() -> None:
+    p = make_phantom(0, **SMALL)
+    dixon = dixon_from_arrays(p.water, None, p.affine)
+    lm = labelmap_from_array(p.labels, p.affine, "mrsegmentator", reference=dixon)
+    gmm = np.ones(p.labels.shape, np.float32)  # a posterior, not a fat fraction
+    assert not qc.assess(dixon, lm, GROUPS, ff=gmm).swap_suspected

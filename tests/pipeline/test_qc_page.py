@@ -38,8 +38,14 @@ def test_png_has_the_panels_and_muscle_outlines(tmp_path: Path) -> None:
 
     dixon, lm = volumes(make_phantom(0, **SMALL))
     img = np.asarray(Image.open(io.BytesIO(qc_page.render_png(dixon, lm))))
-    assert img.ndim == 3 and img.shape[1] >= 2 * 160
+    nx = dixon.shape[0]  # one pixel per voxel of the finest axis, two panels + a 4 px gap
+    assert img.ndim == 3 and img.shape[1] == 2 * nx + 4
     assert (img == (0, 255, 255)).all(axis=-1).sum() > 50  # cyan outlines drawn
+    big = np.asarray(Image.open(io.BytesIO(qc_page.render_png(dixon, lm, width=160))))
+    scale = round(160 / nx)
+    assert big.shape[1] == scale * (2 * nx + 4) and big.shape[0] >= scale * (img.shape[0] - 8)
+    top = dixon.shape[2]  # rows of the coronal pair: the same pixels, each repeated
+    assert np.array_equal(big[: scale * top : scale, ::scale], img[:top])
 
 
 def png_text_chunks(data: bytes) -> list[bytes]:

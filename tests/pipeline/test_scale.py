@@ -132,6 +132,37 @@ def test_resume_compares_fingerprints_and_reads_no_image(tmp_path, client, count
     assert {runs[p] for p in ("P0", "P2", "P4", "P5")} == {first.run_id}
 
 
+def test_noop_resume_skips_the_merge_unless_something_changed(tmp_path, client, monkeypatch) -> None:
+    man = read_manifest(write_cohort(tmp_path, 3))
+    out = tmp_path / "out"
+    params = resolve_batch_params({}, {})
+    merges = []
+    real_merge = store_mod.ResultStore.merge
+    monkeypatch.setattr(store_mod.ResultStore, "merge",
+                        lambda self, ids: merges.append(len(ids)) or real_merge(self, ids))  # fmt: skip
+    run_batch(man, out, params, client)
+    reference = {n: (out / n).read_bytes() for n in ("metrics.parquet", "slices.parquet", "qc.html")}
+    assert merges == [3]
+
+    run_batch(man, out, params, client, resume=True)
+    assert merges == [3]  # nothing changed: not merged again ...
+    assert json.loads((out / "batch.json").read_text())["merge"]["skipped"] is True
+    assert {n: (out / n).read_bytes() for n in reference} == reference  # ... and left as it was
+
+    for damage in (
+        lambda: (out / "qc.html").write_text("x"),  # a merged output changed
+        lambda: (out / "slices.parquet").unlink(),  # or removed
+        lambda: os.utime(out / "participants" / "P1" / "metrics.parquet"),  # a participant rewritten
+    ):
+        damage()
+        run_batch(man, out, params, client, resume=True)
+        assert json.loads((out / "batch.json").read_text())["merge"]["skipped"] is False
+        assert {n: (out / n).read_bytes() for n in reference} == reference
+    assert merges == [3, 3, 3, 3]
+    (out / "participants" / "P2" / "provenance.json").unlink()  # P2 is recomputed: merged again
+    assert run_batch(man, out, params, client, resume=True).done == 1 and len(merges) == 5
+
+
 def test_truncated_participant_output_is_recomputed(tmp_path, client, counted) -> None:
     man = read_manifest(write_cohort(tmp_path, 3))
     out = tmp_path / "out"

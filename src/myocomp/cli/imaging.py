@@ -203,7 +203,7 @@ def quantify(
     if method is not None:
         result.metrics["method"] = method
         result.provenance["fat_fraction_input"] = method
-    flags = qc.assess(dixon, labelmap, group_tuple, signal=signal)
+    flags = qc.assess(dixon, labelmap, group_tuple, signal=signal, ff=result.ff, box=result.box)
     metrics = qc.add_flag_columns(result.metrics, flags)
     record = dict(result.provenance, qc=flags.to_dict(), warnings=captured_warnings())
     with staged_outputs(protect=[p for p in inputs.values() if p is not None]) as stage:

@@ -280,12 +280,19 @@ def gmm_fat_probability(
 
 @dataclass(frozen=True)
 class QuantifyResult:
-    """Metrics of one participant: ``metrics`` (one row per group/muscle), ``slices``, ``provenance``."""
+    """Metrics of one participant: ``metrics`` (one row per group/muscle), ``slices``, ``provenance``.
+
+    ``ff`` is the fat-fraction map the metrics were computed from (float32, the shape of
+    ``labels[box]``; NaN = invalid) and ``box`` the slices of the muscles' bounding box (plus the
+    band), so that QC can test the same map without computing it again; neither is written.
+    """
 
     metrics: pd.DataFrame
     slices: pd.DataFrame | None
     provenance: dict[str, Any]
     levels: pd.DataFrame | None = None  # per vertebral level (with a vertebra map)
+    ff: np.ndarray | None = field(default=None, repr=False)
+    box: tuple[slice, ...] | None = None
 
 
 def _muscle_box(labels: np.ndarray, ids: list[int], margin: tuple[int, int, int]) -> tuple[slice, ...]:
@@ -420,7 +427,7 @@ def quantify(
         "definitions": {**DEFINITIONS, **lv.DEFINITIONS},
         "versions": _versions(),
     }
-    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance, levels=level_table)
+    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance, levels=level_table, ff=ff, box=box)
 
 
 def _touches_fov_ends(metrics: pd.DataFrame, labels: np.ndarray, names: dict[int, str]) -> pd.Series:

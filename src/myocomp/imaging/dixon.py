@@ -426,7 +426,7 @@ def negative_voxels(dixon: DixonVolume) -> dict[str, int]:
     counts = {}
     for role in ("water", "fat"):
         arr = getattr(dixon, role)
-        negative = arr is not None and arr.dtype.kind != "u" and bool(np.nanmin(_sample(arr)) < 0 or np.nanmin(arr) < 0)
+        negative = arr is not None and arr.dtype.kind != "u" and bool(np.nanmin(strided_sample(arr)) < 0 or np.nanmin(arr) < 0)
         counts[role] = int(np.count_nonzero(arr < 0)) if negative else 0
     return counts
 
@@ -437,9 +437,9 @@ def default_noise_floor(water: np.ndarray, fat: np.ndarray | None = None) -> flo
     The percentile is taken on a strided sample of at most ~2 million voxels (cheap on
     whole-body volumes; the percentile barely moves).
     """
-    total = _sample(water).astype(np.float32)
+    total = strided_sample(water).astype(np.float32)
     if fat is not None:
-        total += _sample(fat)
+        total += strided_sample(fat)
     finite = total[np.isfinite(total)]
     return float(NOISE_FLOOR_FRACTION * np.percentile(finite, 99)) if finite.size else 0.0
 
@@ -473,7 +473,8 @@ class NoiseEstimate:
     note: str = ""
 
 
-def _sample(arr: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
+def strided_sample(arr: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
+    """A view of ``arr`` on the same stride along every axis, at most about ``max_voxels`` voxels."""
     step = max(1, int(np.ceil((arr.size / max_voxels) ** (1 / arr.ndim))))
     return arr[(slice(None, None, step),) * arr.ndim]
 
@@ -497,7 +498,7 @@ def estimate_noise_sigma(water: np.ndarray, fat: np.ndarray, noise_floor: float 
     (no air in the field of view, masked background, or noise that is not Rician).
     ``noise_floor`` is unused (kept for symmetry with :func:`fat_fraction`).
     """
-    w, f = _sample(water).astype(np.float32), _sample(fat).astype(np.float32)
+    w, f = strided_sample(water).astype(np.float32), strided_sample(fat).astype(np.float32)
     power = np.square(w, out=w).ravel()
     power += np.square(f, out=f).ravel()
     del f

@@ -4,7 +4,9 @@
 Flags (columns of ``metrics.parquet``, True = suspicious):
 
 ``qc_swap_suspected``
-    Fat-water swap: the median fat fraction over all muscle voxels exceeds ``swap_ff`` (0.5), or
+    Fat-water swap (tested on the fat-fraction map the metrics were computed from, when
+    :func:`assess` is given it): the median fat fraction over all muscle voxels exceeds
+    ``swap_ff`` (0.5), or
     a labelled ``subcutaneous_fat`` has a median fat fraction below it (a global swap); or one
     muscle holds a compact region of FF >= ``swap_ff`` of at least ``swap_region_ml`` that
     survives a morphological opening with a ball of radius ``swap_radius_mm`` (a regional
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from myocomp.imaging.dixon import voxel_spacing
+from myocomp.imaging.dixon import strided_sample, voxel_spacing
 
 FLAG_COLUMNS = (
     "qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry", "qc_signal",
@@ -132,11 +134,6 @@ class SignalCheck:
     phase_ratio: float | None = None
 
 
-def _sample(arr: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
-    step = max(1, int(np.ceil((arr.size / max_voxels) ** (1 / arr.ndim))))
-    return np.asarray(arr[(slice(None, None, step),) * arr.ndim], dtype=np.float64)
-
-
 def _negative_fraction(role: str, values: np.ndarray, config: QCConfig, errors, notes) -> None:
     frac = float(np.mean(values < 0)) if values.size else 0.0
     if frac > 0.5:
@@ -178,7 +175,7 @@ def signal_check(dixon, config: QCConfig | None = None) -> SignalCheck:
                 "opposed_phase": dixon.opposed_phase}
     errors: list[tuple[str, str]] = []
     notes: list[str] = []
-    samples = {role: _sample(arr) for role, arr in channels.items() if arr is not None}
+    samples = {role: np.asarray(strided_sample(arr), dtype=np.float64) for role, arr in channels.items() if arr is not None}
     for role, sample in samples.items():
         if not np.any(np.nan_to_num(sample, nan=0.0)) and _all_zero(channels[role]):
             errors.append((role, f"{role} image is all zero"))
@@ -313,10 +310,11 @@ def volume_out_of_range(
     metrics: pd.DataFrame, ranges: Mapping[str, tuple[float, float]]
 ) -> pd.Series:
     """Per row: True if ``volume_ml`` is outside the range configured for the row's ``group``."""
-    lo = metrics["group"].map(lambda g: ranges.get(g, (-np.inf, np.inf))[0]).astype(float)
-    hi = metrics["group"].map(lambda g: ranges.get(g, (-np.inf, np.inf))[1]).astype(float)
-    vol = metrics["volume_ml"].astype(float)
-    return ((vol < lo) | (vol > hi)).fillna(False).astype(bool)
+    bounds = np.array([ranges.get(g, (-np.inf, np.inf)) for g in metrics["group"]], dtype=float)
+    vol = metrics["volume_ml"].to_numpy(dtype=float)
+    if not len(vol):
+        return pd.Series([], index=metrics.index, dtype=bool)
+    return pd.Series((vol < bounds[:, 0]) | (vol > bounds[:, 1]), index=metrics.index)
 
 
 def assess(
@@ -326,9 +324,15 @@ def assess(
     config: QCConfig | None = None,
     ff: np.ndarray | None = None,
     signal: SignalCheck | None = None,
+    box: tuple[slice, ...] | None = None,
 ) -> QCFlags:
     """Participant-level flags of a Dixon volume and its label map (see the module docstring).
 
+    ``ff``: the fat-fraction map to test (default :func:`qc_fat_fraction` of the whole volume);
+    with ``box`` (slices holding every muscle voxel, e.g. ``QuantifyResult.box``) ``ff`` covers
+    only ``labels[box]``, the map the metrics were computed from, and the subcutaneous-fat median
+    is taken over the part of that label inside the box. Without a fat image (single contrast)
+    there is no fat fraction to test and ``ff`` is ignored.
     Impossible signals (:func:`signal_check` errors) raise :class:`~myocomp.errors.DataError`.
     """
     from myocomp.errors import DataError
@@ -339,14 +343,17 @@ def assess(
     if signal.errors:
         raise DataError(signal.errors[0][1], source=dixon.source or None)
     names = labelmap.profile.ids
-    if ff is None:
-        ff = qc_fat_fraction(dixon) if dixon.fat is not None else None
+    labels = labelmap.data if box is None else labelmap.data[box]
+    if dixon.fat is None:
+        ff = None
+    elif ff is None:
+        ff, labels = qc_fat_fraction(dixon), labelmap.data
     notes: list[str] = []
     swap, m_med, f_med = False, float("nan"), None
     if ff is not None:
         muscle_ids = [i for i, n in names.items() if is_muscle(n)]
         fat_ids = [i for i, n in names.items() if n == "subcutaneous_fat"]
-        swap, m_med, f_med = check_swap(ff, labelmap.data, muscle_ids, fat_ids, config.swap_ff)
+        swap, m_med, f_med = check_swap(ff, labels, muscle_ids, fat_ids, config.swap_ff)
         if m_med > config.swap_ff:
             notes.append(f"muscle FF median {m_med:.2f} > {config.swap_ff:g} (fat-water swap?)")
         if f_med is not None and f_med < config.swap_ff:
@@ -355,7 +362,7 @@ def assess(
             )
         regions = compact_fat_regions(
             ff,
-            labelmap.data,
+            labels,
             {i: names[i] for i in muscle_ids},
             dixon.spacing_mm,
             threshold=config.swap_ff,
@@ -369,9 +376,7 @@ def assess(
                     "(regional fat-water swap or confluent fatty infiltration?)"
                 )
     expected = sorted({m for g in groups for m in (GROUPS.get(g) or ())})
-    label_notes = check_labels(
-        labelmap.data, names, expected, dixon.voxel_volume_ml, config.min_label_ml
-    )
+    label_notes = check_labels(labels, names, expected, dixon.voxel_volume_ml, config.min_label_ml)
     geo_notes = check_geometry(dixon.affine, config.max_anisotropy)
     return QCFlags(
         swap_suspected=swap,
@@ -385,7 +390,8 @@ def assess(
 
 
 def qc_fat_fraction(dixon) -> np.ndarray:
-    """The fat-fraction map QC looks at (same definition as the metrics)."""
+    """A whole-volume fat-fraction map for QC without a quantify result (:func:`assess` with no
+    ``ff``): F / (W + F), or magnitude discrimination with an in-phase image."""
     from myocomp.imaging.dixon import fat_fraction
 
     return fat_fraction(dixon.water, dixon.fat, in_phase=dixon.in_phase)
@@ -396,19 +402,29 @@ def add_flag_columns(
 ) -> pd.DataFrame:
     """A copy of ``metrics`` with the QC columns (:data:`FLAG_COLUMNS` and ``qc_notes``)."""
     config = config or QCConfig()
-    out = metrics.copy()
-    out["qc_swap_suspected"] = flags.swap_suspected
-    out["qc_missing_labels"] = flags.missing_labels
-    out["qc_volume_out_of_range"] = volume_out_of_range(out, config.volume_ranges_ml)
-    out["qc_geometry"] = flags.geometry
-    out["qc_signal"] = flags.signal
-    notes = list(flags.notes)
-    for _, row in out[out["qc_volume_out_of_range"]].iterrows():
-        notes.append(f"{row['group']} volume {row['volume_ml']:.1f} mL outside plausible range")
-    if "qc_truncated_fov" not in out.columns:
-        out["qc_truncated_fov"] = False
-    cut = out.loc[out["qc_truncated_fov"].astype(bool) & out["level"].eq("group"), "group"].tolist()
+    n = len(metrics)
+    out_of_range = volume_out_of_range(metrics, config.volume_ranges_ml).to_numpy()
+    truncated = (
+        metrics["qc_truncated_fov"].to_numpy(dtype=bool)
+        if "qc_truncated_fov" in metrics.columns else np.zeros(n, dtype=bool)
+    )  # fmt: skip
+    groups, volumes = metrics["group"].to_numpy(), metrics["volume_ml"].to_numpy(dtype=float)
+    notes = list(flags.notes) + [
+        f"{g} volume {v:.1f} mL outside plausible range"
+        for g, v in zip(groups[out_of_range], volumes[out_of_range], strict=True)
+    ]
+    cut = groups[truncated & (metrics["level"].to_numpy() == "group")].tolist()
     if cut:
         notes.append(f"{', '.join(cut)} cut by the field of view (touches the first or last slice)")
-    out["qc_notes"] = "; ".join(notes)
-    return out
+    columns = {
+        "qc_swap_suspected": np.full(n, flags.swap_suspected),
+        "qc_missing_labels": np.full(n, flags.missing_labels),
+        "qc_volume_out_of_range": out_of_range,
+        "qc_geometry": np.full(n, flags.geometry),
+        "qc_signal": np.full(n, flags.signal),
+        "qc_truncated_fov": truncated,
+        "qc_notes": np.full(n, "; ".join(notes), dtype=object),
+    }
+    order = list(metrics.columns) + [c for c in columns if c not in metrics.columns]
+    kept = metrics.drop(columns=[c for c in columns if c in metrics.columns])
+    return pd.concat([kept, pd.DataFrame(columns, index=metrics.index)], axis=1)[order]

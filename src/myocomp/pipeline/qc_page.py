@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from myocomp.imaging.qc import FLAG_COLUMNS, qc_fat_fraction
+from myocomp.imaging.qc import FLAG_COLUMNS
 
 #: ``--qc-images`` choices: a PNG for every participant, only for flagged ones, or none.
 QC_IMAGE_MODES = ("all", "flagged", "none")
@@ -57,48 +57,69 @@ def _panel(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float], 
     return np.flipud(np.transpose(rgb, (1, 0, 2)))  # rows = second axis, pointing up
 
 
+def _plane_ff(dixon, cut: tuple, floor: float) -> np.ndarray:
+    """The fat-fraction map (:func:`~myocomp.imaging.dixon.fat_fraction`, ratio or magnitude
+    discrimination) of one plane of the volume; NaN everywhere without a fat image."""
+    from myocomp.imaging.dixon import fat_fraction
+
+    if dixon.fat is None:
+        return np.full(dixon.water[cut].shape, np.nan, np.float32)
+    ip = dixon.in_phase[cut] if dixon.in_phase is not None else None
+    return fat_fraction(dixon.water[cut], dixon.fat[cut], in_phase=ip, noise_floor=floor)
+
+
+def _centre(labels: np.ndarray, muscle_ids: list[int]) -> tuple[int, int]:
+    """(coronal, axial) indices through the muscles: the median voxel of a sample of them."""
+    from myocomp.imaging.metrics import member_mask
+
+    step = max(1, int(np.ceil((labels.size / 2_000_000) ** (1 / 3))))
+    sample = labels[::step, ::step, ::step]
+    where = np.argwhere(member_mask(sample, muscle_ids))
+    if not where.size:
+        return labels.shape[1] // 2, labels.shape[2] // 2
+    cy, cz = (int(v) * step for v in np.round(np.median(where, axis=0))[1:])
+    return min(cy, labels.shape[1] - 1), min(cz, labels.shape[2] - 1)
+
+
 def render_png(
     dixon,
     labelmap,
     path: str | Path | None = None,
-    ff: np.ndarray | None = None,
-    width: int = 160,
+    width: int = 0,
+    noise_floor: float | None = None,
 ) -> bytes:
     """Coronal and axial slices through the muscles: water image and FF map (0-1) with muscle
-    outlines; a 2 x 2 grid of panels, each at least about ``width`` pixels wide (voxels are
-    repeated, never interpolated; the QC page enlarges the image without smoothing).
+    outlines; a 2 x 2 grid of panels, one pixel per voxel along the finest axis (coarser axes
+    repeated, never interpolated), enlarged by whole pixels to at least about ``width`` pixels
+    per panel when given (the QC page shows every image 520 px wide without smoothing, so the
+    batch stores them unenlarged). Only the two planes drawn are read: their FF is computed here
+    with ``noise_floor`` (default :func:`~myocomp.imaging.dixon.default_noise_floor`); the
+    water display range comes from a strided sample of the volume.
 
     Returns the PNG bytes and writes them atomically to ``path`` if given. The PNG holds pixels
     only: no text chunks (no software or author; the QC page prints the participant id).
     """
     from PIL import Image
 
+    from myocomp.imaging.dixon import default_noise_floor, strided_sample
     from myocomp.imaging.labels import is_muscle
 
     names = labelmap.profile.ids
     muscle_ids = [i for i, n in names.items() if is_muscle(n)]
-    mask = np.isin(labelmap.data, muscle_ids)
-    if ff is None:
-        ff = (
-            qc_fat_fraction(dixon)
-            if dixon.fat is not None
-            else np.full(dixon.shape, np.nan, np.float32)
-        )
-    if mask.any():
-        cy, cz = (int(v) for v in np.round(np.median(np.argwhere(mask), axis=0))[1:])
-    else:
-        cy, cz = dixon.shape[1] // 2, dixon.shape[2] // 2
+    cy, cz = _centre(labelmap.data, muscle_ids)
+    floor = noise_floor
+    if floor is None or not np.isfinite(floor):
+        floor = default_noise_floor(dixon.water, dixon.fat) if dixon.fat is not None else 0.0
+    vmax = float(np.nanpercentile(strided_sample(dixon.water), 99.5)) or 1.0
     sx, sy, sz = dixon.spacing_mm
-    water = np.nan_to_num(dixon.water)
-    vmax = float(np.percentile(water, 99.5)) or 1.0
     rows = []
     for cut, spacing in (
         ((slice(None), cy, slice(None)), (sx, sz)),
         ((slice(None), slice(None), cz), (sx, sy)),
     ):
         lab = labelmap.data[cut]
-        left = _panel(water[cut], lab, spacing, "gray", (0.0, vmax), muscle_ids)
-        right = _panel(ff[cut], lab, spacing, "magma", (0.0, 1.0), muscle_ids)
+        left = _panel(dixon.water[cut], lab, spacing, "gray", (0.0, vmax), muscle_ids)
+        right = _panel(_plane_ff(dixon, cut, floor), lab, spacing, "magma", (0.0, 1.0), muscle_ids)
         scale = max(1, int(round(width / left.shape[1])))
         pair = np.concatenate([left, np.zeros((left.shape[0], 4, 3), np.uint8), right], axis=1)
         rows.append(np.repeat(np.repeat(pair, scale, axis=0), scale, axis=1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 import tomllib
@@ -44,6 +45,19 @@ SLURM_CLUSTER_KEYS = frozenset(
 )  # fmt: skip
 #: Keys of a ``[slurm]`` table that say how many jobs to run (fixed or adaptive).
 SLURM_SCALE_KEYS = frozenset({"jobs", "minimum_jobs", "maximum_jobs"})
+
+
+#: Dask settings of myocomp's local workers. Dask's statistical profiler samples every worker's
+#: stack every 10 ms, and its MALLOC_TRIM_THRESHOLD_ turns off glibc's adaptive mmap threshold
+#: (every array is then a fresh mmap with its page faults): together they cost about a third of
+#: the time of a small participant. A MALLOC_TRIM_THRESHOLD_ set in the environment still wins.
+WORKER_DASK_CONFIG: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
+#: The part of it a SLURM job script can set (Dask lower-cases the keys of ``DASK_*`` variables,
+#: so the nanny's upper-case MALLOC_TRIM_THRESHOLD_ entry cannot be removed that way).
+SLURM_WORKER_ENVIRONMENT = ("export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",)
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ def parse_slurm_config(table: dict[str, Any], source: str | Path | None = None) 
             isinstance(kwargs[key], list) and all(isinstance(v, str) for v in kwargs[key])
         ):
             raise ConfigError(f"[slurm] {key} must be a list of strings", source=source)
+    kwargs["job_script_prologue"] = [*SLURM_WORKER_ENVIRONMENT, *kwargs.get("job_script_prologue", [])]
     scale = {k: table[k] for k in SLURM_SCALE_KEYS if k in table}
     for key, value in scale.items():
         if not isinstance(value, int) or value < 0:
@@ -212,14 +227,17 @@ def open_client(
     n = 1 if workers is None else int(workers)
     if n < 1:
         raise ConfigError("--workers must be at least 1")
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
-    )
+    import dask
+
+    with dask.config.set(WORKER_DASK_CONFIG):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        )
     try:
         with Client(cluster) as client:
             yield client
@@ -430,14 +448,17 @@ def finish_batch(
     """Write the driver's outputs, each atomically; one that fails does not stop the others.
 
     ``errors.csv`` comes first, so the failed participants are on record whatever happens next;
-    a merged table that cannot be written is removed rather than left stale. Raises
-    :class:`InputFileError` naming every output that could not be written.
+    a merged table that cannot be written is removed rather than left stale. The merge is
+    skipped when its inputs are those of the last run's merge (``batch.json`` ``merge.key``,
+    :meth:`ResultStore.merge_key`) and its outputs still have the sizes recorded there (a no-op
+    ``--resume``). Raises :class:`InputFileError` naming every output that could not be written.
     """
     from myocomp.io import write_json
     from myocomp.pipeline.qc_page import qc_entries, write_qc_html
 
     problems: list[str] = []
     qc: list = []
+    completed = list(completed)
 
     def attempt(name: str, write: Callable[[], Any], stale: tuple[str, ...] = ()) -> None:
         try:
@@ -448,21 +469,25 @@ def finish_batch(
                 (store.root / n).unlink(missing_ok=True)
 
     attempt("errors.csv", lambda: store.write_errors(summary.errors))
-    attempt(
-        "metrics.parquet",
-        lambda: qc.extend(store.merge(list(completed))),
-        stale=("metrics.parquet", "slices.parquet"),
-    )
-    attempt(
-        "qc.html",
-        lambda: write_qc_html(store.root / "qc.html", qc_entries(qc, store), failed=summary.errors),
-    )
+    key = store.merge_key(completed, summary.errors)
+    merge = {"key": key, "skipped": _merge_unchanged(store, key)}
+    if not merge["skipped"]:
+        attempt(
+            "metrics.parquet",
+            lambda: qc.extend(store.merge(completed)),
+            stale=("metrics.parquet", "slices.parquet"),
+        )
+        attempt(
+            "qc.html",
+            lambda: write_qc_html(store.root / "qc.html", qc_entries(qc, store), failed=summary.errors),
+        )
+    merge["outputs"] = None if problems else store.merged_sizes()
     summary.seconds = time.perf_counter() - start
     attempt(
         "batch.json",
         lambda: write_json(
             {**summary.to_dict(), "manifest": str(manifest.path), "parameters": params.to_dict(),
-             "output_problems": problems},
+             "merge": merge, "output_problems": problems},
             store.root / "batch.json",
         ),
     )  # fmt: skip
@@ -472,3 +497,14 @@ def finish_batch(
             "with --resume)",
             source=store.root,
         )
+
+
+def _merge_unchanged(store: ResultStore, key: str) -> bool:
+    """True if the last run's merge had this key and its outputs are as it left them."""
+    try:
+        last = json.loads((store.root / "batch.json").read_text(encoding="utf-8")).get("merge") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return last.get("key") == key and last.get("outputs") is not None and (
+        last["outputs"] == store.merged_sizes()
+    )

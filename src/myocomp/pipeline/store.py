@@ -35,6 +35,8 @@ from myocomp.io import atomic_path, write_table
 
 PARTICIPANT_FILES = ("metrics.parquet", "slices.parquet", "qc.png", "provenance.json")
 ERROR_COLUMNS = ("participant_id", "stage", "reason")
+#: The tables and page merged from every participant by the driver.
+MERGED_FILES = ("metrics.parquet", "slices.parquet", "qc.html")
 #: Participants read per row group of the merged tables (bounds the driver's memory).
 MERGE_BATCH = 256
 
@@ -172,6 +174,33 @@ class ResultStore:
             parameters
         )
 
+    def merge_key(self, participant_ids: list[str], errors: list[dict[str, str]]) -> str:
+        """SHA-256 of what the merged outputs are made of: each participant's metrics, slices and
+        QC image by (name, size, mtime in ns), and the failures. Equal keys mean that merging
+        again would write the same ``metrics.parquet``, ``slices.parquet`` and ``qc.html``."""
+        h = hashlib.sha256()
+        for pid in sorted(set(participant_ids)):
+            for name in ("metrics.parquet", "slices.parquet", "qc.png"):
+                try:
+                    st = os.stat(self.path(pid, name))
+                    h.update(f"{pid}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{pid}/{name}\0-\n".encode())
+        h.update(json.dumps(sorted(errors, key=lambda e: e["participant_id"]), sort_keys=True).encode())
+        return h.hexdigest()
+
+    def merged_sizes(self) -> dict[str, int] | None:
+        """Sizes (bytes) of the merged outputs that exist (``slices.parquet`` may not), or None
+        without ``metrics.parquet`` or ``qc.html``."""
+        sizes = {}
+        for name in MERGED_FILES:
+            try:
+                sizes[name] = (self.root / name).stat().st_size
+            except OSError:
+                if name != "slices.parquet":
+                    return None
+        return sizes
+
     def write_errors(self, rows: list[dict[str, str]]) -> Path:
         """Write ``DIR/errors.csv`` (header only when nothing failed), sorted by participant_id."""
         df = pd.DataFrame(rows, columns=list(ERROR_COLUMNS))
@@ -208,7 +237,8 @@ class ResultStore:
                     yield _read_sorted(self.path(i, "slices.parquet"), ("muscle", "slice"))
 
         stream_parquet(metrics_tables(), self.root / "metrics.parquet", always=True)
-        stream_parquet(slice_tables(), self.root / "slices.parquet")
+        if stream_parquet(slice_tables(), self.root / "slices.parquet") is None:
+            (self.root / "slices.parquet").unlink(missing_ok=True)  # no stale table of a past run
         return qc
 
 

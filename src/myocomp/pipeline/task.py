@@ -218,15 +218,14 @@ def _qc(dixon, labelmap, result, params: BatchParams):
     """Metrics with QC columns, the flags, and the PNG bytes (None if ``qc_images`` says so)."""
     from myocomp.imaging import qc
 
-    ff = qc.qc_fat_fraction(dixon) if dixon.fat is not None else None
-    flags = qc.assess(dixon, labelmap, params.groups, params.qc, ff=ff)
+    flags = qc.assess(dixon, labelmap, params.groups, params.qc, ff=result.ff, box=result.box)
     metrics = qc.add_flag_columns(result.metrics, flags, params.qc)
     flagged = bool(metrics[[c for c in qc.FLAG_COLUMNS if c in metrics]].to_numpy().any())
     png = None
     if params.qc_images == "all" or (params.qc_images == "flagged" and flagged):
         from myocomp.pipeline.qc_page import render_png
 
-        png = render_png(dixon, labelmap, ff=ff)
+        png = render_png(dixon, labelmap, noise_floor=result.provenance["parameters"]["noise_floor"])
     return metrics, flags, png
 
 
