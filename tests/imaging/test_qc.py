@@ -119,7 +119,8 @@ def test_ball_opening_equals_binary_opening_with_the_ball():
     from myocomp.imaging.qc import ball, ball_opening
 
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    survivors = 0
+    for _ in range(40):
         spacing = tuple(float(s) for s in rng.choice([1.0, 1.5, 2.0, 3.0, 4.0], 3))
         radius = float(rng.choice([3.0, 4.5, 6.0]))
         mask = ndimage.binary_dilation(rng.random((30, 28, 20)) > 0.985, iterations=int(rng.integers(1, 4)))
@@ -130,12 +131,11 @@ def test_ball_opening_equals_binary_opening_with_the_ball():
         assert expected.sum() == expected[inner].sum()
         got = ball_opening(mask, radius, spacing)
         np.testing.assert_array_equal(got, expected[inner])
-        assert got.sum() > 0 or expected.sum() == 0
+        survivors += bool(got.any())
+    assert 5 <= survivors <= 35  # both paths taken: thin masks (cube prefilter) and compact ones
 
 
-def test_label_boxes_equal_find_objects():
-    from scipy import ndimage
-
+def test_label_boxes_are_the_extent_of_each_label():
     from myocomp.imaging.qc import label_boxes
 
     rng = np.random.default_rng(1)
@@ -146,7 +146,8 @@ def test_label_boxes_equal_find_objects():
     boxes = label_boxes(labels, [3, 7, 1002, 55])
     assert set(boxes) == {3, 7, 1002}
     for i, box in boxes.items():
-        assert box == ndimage.find_objects((labels == i).astype(np.int8))[0]
+        where = np.nonzero(labels == i)
+        assert box == tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
 
 
 @pytest.mark.parametrize("swap_region", [False, True])

@@ -237,7 +237,9 @@ def read_inputs(images: dict, dicom: Path | None, labels: Path, grid_from: str |
             dixon_job = pool.submit(load_dixon, images["water"], images["fat"], in_phase=images["in_phase"],
                                     opposed_phase=images["opposed_phase"], grid_from=grid_from)
         label_job = pool.submit(load_nifti, labels, "label map")
-        import myocomp.imaging.composition  # noqa: F401  (imports overlap the reads)
+        import scipy.ndimage  # noqa: F401  (imports overlap the reads: QC's morphology)
+
+        import myocomp.imaging.composition  # noqa: F401
         import myocomp.io  # noqa: F401
 
         return dixon_job.result(), label_job.result()
