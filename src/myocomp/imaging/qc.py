@@ -446,6 +446,4 @@ def add_flag_columns(
         "qc_truncated_fov": truncated,
         "qc_notes": np.full(n, "; ".join(notes), dtype=object),
     }
-    order = list(metrics.columns) + [c for c in columns if c not in metrics.columns]
-    kept = metrics.drop(columns=[c for c in columns if c in metrics.columns])
-    return pd.concat([kept, pd.DataFrame(columns, index=metrics.index)], axis=1)[order]
+    return metrics.assign(**columns)  # existing columns keep their place, new ones follow
