@@ -13,7 +13,8 @@ Usage: python benchmarks/bench_scale.py [--n 2000] [--workers 2] [--rounds 4] [-
    each, and the ratios to the sequential loop.
    Targets (issue 10): batch <= 48 ms per participant and below the sequential loop.
 2. A ``--resume`` of the same batch with nothing to do: time per participant (target <= 2 ms)
-   and the number of tasks sent to the workers (0: the driver compared the input fingerprints).
+   and the number of tasks sent to the workers (0: the driver compared the input fingerprints;
+   the merged tables are not rewritten either, their inputs being unchanged).
 3. ``merge_n`` synthetic per-participant results (the tables of one participant of step 1 under
    new ids, written with pyarrow), merged by ``ResultStore.merge`` in a fresh process: time and
    the process's peak RSS (target <= 1 GB).
@@ -80,9 +81,13 @@ def batch_round(manifest, out: Path, client, params) -> float:
 
 
 def noop_resume(manifest, out: Path, client, params) -> tuple[float, int]:
-    """Seconds of a ``--resume`` with nothing to do, and the tasks it sent to the workers."""
+    """Seconds of a ``--resume`` with nothing to do, and the tasks it sent to the workers.
+
+    The rounds merged only their own participants, so a first resume merges all of them (the
+    merged tables change); the timed one then finds nothing to compute and nothing to merge."""
     from myocomp.pipeline.runner import run_batch
 
+    run_batch(manifest, out, params, client, resume=True)
     submitted = []
     original = client.submit
 

@@ -312,3 +312,25 @@ def test_study_takes_the_same_lock(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "in use by batch run batch-in-progress" in err
     assert not out.exists()
+
+
+def test_a_lost_chunk_keeps_the_participants_it_finished(tmp_path, client) -> None:
+    """Dask gave up on a chunk (its workers died): what the task finished in this run is done,
+    the rest failed at stage 'worker'; an older run's outputs do not count."""
+    from myocomp.pipeline.runner import _lost_chunk
+    from myocomp.pipeline.store import ResultStore
+
+    man = read_manifest(write_cohort(tmp_path, 3))
+    out = tmp_path / "out"
+    first = run_batch(man, out, resolve_batch_params({}, {}), client)
+    store = ResultStore(out)
+    (out / "participants" / "P2" / "provenance.json").unlink()  # P2 never finished
+    outcomes = _lost_chunk(store, man.participants, first.run_id, "KilledWorker: died")
+    assert [(o.participant_id, o.status, o.stage) for o in outcomes] == [
+        ("P0", "done", ""), ("P1", "done", ""), ("P2", "failed", "worker")]  # fmt: skip
+    assert outcomes[2].reason == "KilledWorker: died"
+    later = _lost_chunk(store, man.participants[:1], "another-run", "KilledWorker: died")
+    assert later[0].status == "failed"  # P0's outputs are from an earlier run
+    metrics = out / "participants" / "P1" / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:50])  # truncated: not finished
+    assert _lost_chunk(store, man.participants[1:2], first.run_id, "x")[0].status == "failed"

@@ -427,7 +427,7 @@ def _run_windowed(client: Any, pending: list, args: tuple, run_id: str) -> Itera
         if fut.status == "error":
             exc = fut.exception()
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            outcomes = [TaskOutcome(p.participant_id, "failed", "worker", reason) for p in chunk]
+            outcomes = _lost_chunk(ResultStore(args[0]), chunk, run_id, reason)
         else:
             outcomes = fut.result()
         fut.release()
@@ -435,6 +435,24 @@ def _run_windowed(client: Any, pending: list, args: tuple, run_id: str) -> Itera
         if nxt is not None:
             queue.add(submit(nxt))
         yield from outcomes
+
+
+def _lost_chunk(store: ResultStore, chunk: list, run_id: str, reason: str) -> list[TaskOutcome]:
+    """Outcomes of a chunk whose task Dask gave up on (its workers died): participants the task
+    finished in this run before that (complete outputs and provenance of this ``run_id``) are
+    done; the others failed at stage ``worker`` (``--resume`` redoes exactly them)."""
+    outcomes = []
+    for p in chunk:
+        prov = store.read_provenance(p.participant_id)
+        finished = prov is not None and prov.get("run_id") == run_id and store.outputs_intact(
+            p.participant_id, prov
+        )
+        outcomes.append(
+            TaskOutcome(p.participant_id, "done")
+            if finished
+            else TaskOutcome(p.participant_id, "failed", "worker", reason)
+        )
+    return outcomes
 
 
 def finish_batch(
