@@ -47,6 +47,11 @@ def test_json_table_holds_the_records(tmp_path):
     records = json.loads((tmp_path / "t.json").read_text())
     assert [r["participant_id"] for r in records] == ["a", "b", "c"]
     assert records[1]["ff_mean"] is None and records[2]["n_voxels"] == 300
+    # 15 significant digits, not pandas' default of 10 decimals (which turns 1e-7 into 1e-7 but
+    # 1/3 into 0.3333333333 and loses 1234.5678901234567's last six digits)
+    assert records[2]["ff_mean"] == pytest.approx(1 / 3, rel=1e-14)
+    assert records[0]["volume_ml"] == pytest.approx(1234.5678901234567, rel=1e-14)
+    assert records[1]["volume_ml"] == pytest.approx(1e-7, rel=1e-14)
 
 
 def test_read_table_text_mode_keeps_cells_as_written(tmp_path):

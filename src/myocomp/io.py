@@ -140,7 +140,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
         ".csv": lambda p: df.to_csv(p, index=False),
         ".tsv": lambda p: df.to_csv(p, index=False, sep="\t"),
         ".parquet": lambda p: df.to_parquet(p, index=False),
-        ".json": lambda p: df.to_json(p, orient="records", indent=2),
+        ".json": lambda p: df.to_json(p, orient="records", indent=2, double_precision=15),
     }
     suffix = path.suffix.lower()
     if suffix not in writers:
