@@ -88,56 +88,94 @@ class Phantom:
         return voxel_spacing(self.affine)
 
 
-def _check_options(
-    voxel_size_mm,
-    snr,
-    infiltration,
-    intermat,
-    bias,
-    orientation,
-    supersample,
-    nan_voxels,
-    shape,
-    n_slices,
-    length_mm,
-    bmi,
-) -> None:
-    if len(voxel_size_mm) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size_mm):
-        raise ConfigError(f"voxel_size_mm must be three positive numbers (mm), got {voxel_size_mm}")
-    if snr is not None and not snr > 0:
-        raise ConfigError(f"snr must be > 0 (or None / inf for no noise), got {snr}")
-    if not 0.0 <= infiltration <= 0.4:
-        raise ConfigError(
-            f"infiltration (mean muscle fat fraction) must lie in [0, 0.4], got {infiltration}"
-        )
-    if not 0.0 <= intermat <= 0.4:
-        raise ConfigError(
-            f"intermat (fraction of muscle volume) must lie in [0, 0.4], got {intermat}"
-        )
-    if not 0.0 <= bias < 1.0:
-        raise ConfigError(f"bias (bias field amplitude) must lie in [0, 1), got {bias}")
-    codes = str(orientation).upper()
-    if (
-        len(codes) != 3
-        or any(ch not in _AXES for ch in codes)
-        or len({_AXES[ch] for ch in codes}) != 3
-    ):
-        raise ConfigError(
-            f"orientation {orientation!r} is not three axis codes naming R/L, A/P and S/I once "
-            "each (e.g. RAS, LPS, PIL)"
-        )
-    if int(supersample) != supersample or supersample < 1:
-        raise ConfigError(f"supersample must be an integer >= 1, got {supersample}")
-    if nan_voxels < 0:
-        raise ConfigError(f"nan_voxels must be >= 0, got {nan_voxels}")
-    if shape is not None and (len(shape) != 3 or any(int(n) < 1 for n in shape)):
-        raise ConfigError(f"shape must be three positive integers, got {shape}")
-    if n_slices is not None and n_slices < 1:
-        raise ConfigError(f"n_slices must be >= 1, got {n_slices}")
-    if not length_mm > 0:
-        raise ConfigError(f"length_mm must be > 0, got {length_mm}")
-    if not 15.0 <= bmi <= 60.0:
-        raise ConfigError(f"bmi must lie in [15, 60] kg/m^2, got {bmi}")
+@dataclass(frozen=True)
+class PhantomOptions:
+    """Options of :func:`make_phantom` (checked on construction; ``snr`` inf is stored as None).
+
+    Attributes
+    ----------
+    voxel_size_mm : output voxel size (mm) along R, A, S.
+    n_slices : number of axial slices, centred on the modelled trunk; default
+        ``round(length_mm / voxel_size_mm[2])``. Slices beyond the trunk's ends repeat its end
+        cross-sections (the vertebrae go on), e.g. for large benchmark volumes.
+    length_mm : cranio-caudal length of the modelled trunk (mm), about L1 to L5 by default.
+    shape : (X, Y, Z) output grid size in RAS order, centred on the body; overrides ``n_slices``
+        and the automatic in-plane field of view (which fits the body with an 8 mm margin).
+    snr : mean noise-free muscle water signal / noise sigma; None or inf: no noise.
+    infiltration : mean diffuse fat fraction of the back muscles (psoas 0.8x); varies smoothly
+        in space by about +-50 %.
+    intermat : approximate fraction of each muscle's volume in intramuscular fat streaks
+        (FF >= 0.5); the exact value is in ``truth``.
+    bias : amplitude of the smooth multiplicative coil bias field (signal x [1 - bias, 1 + bias]).
+    orientation : nibabel axis codes of the stored arrays (e.g. RAS, LPS, SAR, PIL); data and
+        affine are permuted/flipped consistently, so world geometry is unchanged.
+    swap_region : exchange water and fat inside a sphere in one autochthon muscle (artefact).
+    nan_voxels : number of voxels set to NaN in every image (artefact; positions random).
+    supersample : fine-model subvoxels per output voxel edge (partial volume; 1 = none).
+    profile : label profile whose ids the label map uses (muscles must exist in it; a profile
+        without autochthon / iliopsoas gets erector spinae / psoas major, as MuscleMap's).
+    bmi : body-mass index (kg/m^2): sets fat thicknesses and the truth's ``lmm``.
+    fat_threshold, band_mm : the metric parameters the truth is computed with.
+    tilt_deg : rotate the whole phantom (arrays unchanged, affine rotated about the world origin
+        about the axis (1, 1, 0)) by this angle: oblique storage with the body axis tilted in the
+        world. Level positions in ``truth["levels"]`` are along the body axis (= the rotated z).
+    """
+
+    voxel_size_mm: tuple[float, float, float] = (2.0, 2.0, 4.0)
+    n_slices: int | None = None
+    length_mm: float = 160.0
+    shape: tuple[int, int, int] | None = None
+    snr: float | None = 40.0
+    infiltration: float = 0.1
+    intermat: float = 0.05
+    bias: float = 0.2
+    orientation: str = "RAS"
+    swap_region: bool = False
+    nan_voxels: int = 0
+    supersample: int = 3
+    profile: str = "mrsegmentator"
+    bmi: float = 25.0
+    fat_threshold: float = 0.5
+    band_mm: float = 0.0
+    tilt_deg: float = 0.0
+
+    def __post_init__(self) -> None:
+        voxel = tuple(float(v) for v in self.voxel_size_mm)
+        object.__setattr__(self, "voxel_size_mm", voxel)
+        if self.snr is not None and math.isinf(self.snr):
+            object.__setattr__(self, "snr", None)
+        if len(voxel) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel):
+            raise ConfigError(f"voxel_size_mm must be three positive numbers (mm), got {voxel}")
+        if self.snr is not None and not self.snr > 0:
+            raise ConfigError(f"snr must be > 0 (or None / inf for no noise), got {self.snr}")
+        for name, high in (("infiltration", "mean muscle fat fraction"), ("intermat", "fraction of muscle volume")):
+            if not 0.0 <= getattr(self, name) <= 0.4:
+                raise ConfigError(f"{name} ({high}) must lie in [0, 0.4], got {getattr(self, name)}")
+        if not 0.0 <= self.bias < 1.0:
+            raise ConfigError(f"bias (bias field amplitude) must lie in [0, 1), got {self.bias}")
+        self._check_geometry()
+        if not 15.0 <= self.bmi <= 60.0:
+            raise ConfigError(f"bmi must lie in [15, 60] kg/m^2, got {self.bmi}")
+        if not (math.isfinite(self.tilt_deg) and abs(self.tilt_deg) <= 40.0):
+            raise ConfigError(f"tilt_deg must lie in [-40, 40] degrees, got {self.tilt_deg}")
+
+    def _check_geometry(self) -> None:
+        codes = str(self.orientation).upper()
+        if len(codes) != 3 or any(ch not in _AXES for ch in codes) or len({_AXES[ch] for ch in codes}) != 3:
+            raise ConfigError(
+                f"orientation {self.orientation!r} is not three axis codes naming R/L, A/P and S/I once "
+                "each (e.g. RAS, LPS, PIL)"
+            )
+        if int(self.supersample) != self.supersample or self.supersample < 1:
+            raise ConfigError(f"supersample must be an integer >= 1, got {self.supersample}")
+        if self.nan_voxels < 0:
+            raise ConfigError(f"nan_voxels must be >= 0, got {self.nan_voxels}")
+        if self.shape is not None and (len(self.shape) != 3 or any(int(n) < 1 for n in self.shape)):
+            raise ConfigError(f"shape must be three positive integers, got {self.shape}")
+        if self.n_slices is not None and self.n_slices < 1:
+            raise ConfigError(f"n_slices must be >= 1, got {self.n_slices}")
+        if not self.length_mm > 0:
+            raise ConfigError(f"length_mm must be > 0, got {self.length_mm}")
 
 
 def _structure_ids(profile: str) -> tuple[dict[int, str], np.ndarray, str]:
@@ -253,58 +291,15 @@ def _reorient(arrays: dict[str, np.ndarray], affine: np.ndarray, orientation: st
     return out, affine @ nib.orientations.inv_ornt_aff(transform, shape)
 
 
-def make_phantom(
-    seed: int = 0,
-    *,
-    voxel_size_mm: tuple[float, float, float] = (2.0, 2.0, 4.0),
-    n_slices: int | None = None,
-    length_mm: float = 160.0,
-    shape: tuple[int, int, int] | None = None,
-    snr: float | None = 40.0,
-    infiltration: float = 0.1,
-    intermat: float = 0.05,
-    bias: float = 0.2,
-    orientation: str = "RAS",
-    swap_region: bool = False,
-    nan_voxels: int = 0,
-    supersample: int = 3,
-    profile: str = "mrsegmentator",
-    bmi: float = 25.0,
-    fat_threshold: float = 0.5,
-    band_mm: float = 0.0,
-    tilt_deg: float = 0.0,
-) -> Phantom:
+def make_phantom(seed: int = 0, **options: Any) -> Phantom:
     """Generate a lumbar-trunk Dixon phantom and its exact composition metrics.
 
     Parameters
     ----------
     seed : seeds every random choice (anatomy, bias field, noise, artefacts): same seed and
         options give identical arrays.
-    voxel_size_mm : output voxel size (mm) along R, A, S.
-    n_slices : number of axial slices, centred on the modelled trunk; default
-        ``round(length_mm / voxel_size_mm[2])``. Slices beyond the trunk's ends repeat its end
-        cross-sections (the vertebrae go on), e.g. for large benchmark volumes.
-    length_mm : cranio-caudal length of the modelled trunk (mm), about L1 to L5 by default.
-    shape : (X, Y, Z) output grid size in RAS order, centred on the body; overrides ``n_slices``
-        and the automatic in-plane field of view (which fits the body with an 8 mm margin).
-    snr : mean noise-free muscle water signal / noise sigma; None or inf: no noise.
-    infiltration : mean diffuse fat fraction of the back muscles (psoas 0.8x); varies smoothly
-        in space by about +-50 %.
-    intermat : approximate fraction of each muscle's volume in intramuscular fat streaks
-        (FF >= 0.5); the exact value is in ``truth``.
-    bias : amplitude of the smooth multiplicative coil bias field (signal x [1 - bias, 1 + bias]).
-    orientation : nibabel axis codes of the stored arrays (e.g. RAS, LPS, SAR, PIL); data and
-        affine are permuted/flipped consistently, so world geometry is unchanged.
-    swap_region : exchange water and fat inside a sphere in one autochthon muscle (artefact).
-    nan_voxels : number of voxels set to NaN in every image (artefact; positions random).
-    supersample : fine-model subvoxels per output voxel edge (partial volume; 1 = none).
-    profile : label profile whose ids the label map uses (muscles must exist in it; a profile
-        without autochthon / iliopsoas gets erector spinae / psoas major, as MuscleMap's).
-    bmi : body-mass index (kg/m^2): sets fat thicknesses and the truth's ``lmm``.
-    fat_threshold, band_mm : the metric parameters the truth is computed with.
-    tilt_deg : rotate the whole phantom (arrays unchanged, affine rotated about the world origin
-        about the axis (1, 1, 0)) by this angle: oblique storage with the body axis tilted in the
-        world. Level positions in ``truth["levels"]`` are along the body axis (= the rotated z).
+    **options : the fields of :class:`PhantomOptions` (voxel size, SNR, artefacts, profile,
+        truth parameters ...).
 
     Vertebrae (:mod:`myocomp.synth.vertebrae`): ``vertebrae`` holds per-vertebra labels in the
     ``totalsegmentator_vertebrae_mr`` ids, ``discs`` the discs, ``truth["levels"]`` the true
@@ -314,64 +309,127 @@ def make_phantom(
     -------
     :class:`Phantom`.
     """
-    voxel_size_mm = tuple(float(v) for v in voxel_size_mm)
-    if snr is not None and math.isinf(snr):
-        snr = None
-    _check_options(
-        voxel_size_mm,
-        snr,
-        infiltration,
-        intermat,
-        bias,
-        orientation,
-        supersample,
-        nan_voxels,
-        shape,
-        n_slices,
-        length_mm,
-        bmi,
-    )
-    if not (math.isfinite(tilt_deg) and abs(tilt_deg) <= 40.0):
-        raise ConfigError(f"tilt_deg must lie in [-40, 40] degrees, got {tilt_deg}")
-    from myocomp.imaging.composition import DEFINITIONS, composition_metrics
-
-    names, lut, profile_name = _structure_ids(profile)
-    ss = int(supersample)
-    dx, dy, dz = voxel_size_mm
+    o = PhantomOptions(**options)
+    names, lut, profile_name = _structure_ids(o.profile)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(4)]
     rng_anatomy, rng_bias, rng_noise, rng_artefact = streams
     anatomy = LumbarAnatomy.sample(
-        rng_anatomy, length_mm=length_mm, bmi=bmi, infiltration=infiltration, intermat=intermat
+        rng_anatomy, length_mm=o.length_mm, bmi=o.bmi, infiltration=o.infiltration, intermat=o.intermat
     )
-    half_x, y_post, y_ant = anatomy.extent_mm()
-    if shape is None:
-        nz = int(n_slices) if n_slices is not None else max(1, round(length_mm / dz))
-        shape = (
-            int(math.ceil(2 * (half_x + 8) / dx)),
-            int(math.ceil((y_post + y_ant + 16) / dy)),
-            nz,
-        )
-    nx, ny, nz = (int(n) for n in shape)
-    shape = (nx, ny, nz)
-    if nan_voxels > nx * ny * nz:
-        raise ConfigError(f"nan_voxels {nan_voxels} exceeds the {nx * ny * nz} voxels of the grid")
-    x = _axis(nx, dx, 0.0)
-    y = _axis(ny, dy, (y_ant - y_post) / 2.0)
-    z = _axis(nz, dz, 0.0)
-    affine = np.diag([dx, dy, dz, 1.0])
-    affine[:3, 3] = (x[0], y[0], z[0])
-    xf, yf, zf = _fine(x, dx, ss), _fine(y, dy, ss), _fine(z, dz, ss)
+    grid = _Grid.around(anatomy, o.voxel_size_mm, o.shape, o.n_slices, o.length_mm, int(o.supersample))
+    if o.nan_voxels > math.prod(grid.shape):
+        raise ConfigError(f"nan_voxels {o.nan_voxels} exceeds the {math.prod(grid.shape)} voxels of the grid")
+    crop = grid.truth_crop(anatomy, FASCIA_MM + o.band_mm + 2 * max(o.voxel_size_mm[:2]))
+    water, fat, structure, ff_true, st_true = _sample_model(anatomy, grid, crop)
+    _apply_bias(water, fat, rng_bias, grid, o.bias)
+    water, fat, in_phase, opposed_phase, sigma = _noisy_images(water, fat, structure, o.snr, rng_noise)
+    swap_info = _swap_region(water, fat, anatomy, grid, rng_artefact) if o.swap_region else None
+    if o.nan_voxels:
+        flat = rng_artefact.choice(water.size, size=int(o.nan_voxels), replace=False)
+        for arr in (water, fat, in_phase, opposed_phase):
+            arr.reshape(-1)[flat] = np.nan
 
-    # truth crop: the muscles plus fascia, band and a voxel of margin
-    x0, x1, y0, y1 = anatomy.muscle_box_mm(FASCIA_MM + band_mm + 2 * max(dx, dy))
-    cx0, cx1 = np.searchsorted(xf, (x0, x1))
-    cy0, cy1 = np.searchsorted(yf, (y0, y1))
-    ff_true = np.empty((cx1 - cx0, cy1 - cy0, zf.size), dtype=np.float32)
-    st_true = np.empty((cx1 - cx0, cy1 - cy0, zf.size), dtype=np.uint8)
+    from myocomp.synth import vertebrae as vt
 
-    water = np.empty(shape, dtype=np.float32)
-    fat = np.empty(shape, dtype=np.float32)
-    structure = np.empty(shape, dtype=np.uint8)
+    spine = structure == STRUCTURES.index("spine")
+    verts, discs = vt.vertebra_labels(anatomy, spine, grid.x, grid.y, grid.z, grid.voxel[2])
+    metrics = _truth_metrics(ff_true, lut[st_true], names, grid.fine_voxel, o.bmi, o.fat_threshold, o.band_mm)
+    fine, levels_truth = _fine_truth(anatomy, grid, crop, ff_true, st_true, o.fat_threshold)
+    affine = _rotation(o.tilt_deg) @ grid.affine if o.tilt_deg else grid.affine
+    arrays = {
+        "water": water, "fat": fat, "labels": lut[structure], "vertebrae": verts, "discs": discs,
+        "in_phase": in_phase, "opposed_phase": opposed_phase,
+    }
+    arrays, affine = _reorient(arrays, affine, o.orientation)
+    parameters = _parameters(seed, o, arrays["water"].shape, sigma, swap_info, profile_name, grid)
+    truth = {"parameters": parameters, "metrics": metrics, "definitions": _definitions(),
+             "levels": _plain_tree(levels_truth)}
+    return Phantom(
+        water=arrays["water"], fat=arrays["fat"], labels=arrays["labels"], affine=affine, truth=truth,
+        seed=int(seed), in_phase=arrays["in_phase"], opposed_phase=arrays["opposed_phase"],
+        vertebrae=arrays["vertebrae"], discs=arrays["discs"], fine=fine,
+    )
+
+
+def _parameters(seed, o: PhantomOptions, shape, sigma, swap_info, profile_name, grid) -> dict[str, Any]:
+    """The ``truth["parameters"]`` record: every option as used, and what was derived from it."""
+    return {
+        "seed": int(seed), "voxel_size_mm": list(o.voxel_size_mm), "shape": list(shape),
+        "orientation": str(o.orientation).upper(), "length_mm": float(o.length_mm), "snr": o.snr,
+        "noise_sigma": sigma, "signal_scale": SIGNAL_SCALE, "infiltration": float(o.infiltration),
+        "intermat": float(o.intermat), "bias": float(o.bias), "swap_region": swap_info,
+        "nan_voxels": int(o.nan_voxels), "supersample": int(o.supersample), "profile": profile_name,
+        "bmi": float(o.bmi), "fat_threshold": float(o.fat_threshold), "band_mm": float(o.band_mm),
+        "truth_voxel_size_mm": list(grid.fine_voxel), "fascia_mm": FASCIA_MM,
+        "deposit_peak_ff": "1 - local muscle FF", "tilt_deg": float(o.tilt_deg),
+    }
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The output grid (voxel centres ``x, y, z`` in mm, RAS) and its ``ss``-times finer model grid."""
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    voxel: tuple[float, float, float]
+    ss: int
+
+    @classmethod
+    def around(cls, anatomy: LumbarAnatomy, voxel, shape, n_slices, length_mm, ss) -> _Grid:
+        """The grid of ``shape`` (default: the body with an 8 mm margin, ``n_slices`` slices)."""
+        dx, dy, dz = voxel
+        half_x, y_post, y_ant = anatomy.extent_mm()
+        if shape is None:
+            nz = int(n_slices) if n_slices is not None else max(1, round(length_mm / dz))
+            shape = (
+                int(math.ceil(2 * (half_x + 8) / dx)),
+                int(math.ceil((y_post + y_ant + 16) / dy)),
+                nz,
+            )
+        nx, ny, nz = (int(n) for n in shape)
+        return cls(_axis(nx, dx, 0.0), _axis(ny, dy, (y_ant - y_post) / 2.0), _axis(nz, dz, 0.0), voxel, ss)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.x.size, self.y.size, self.z.size)
+
+    @property
+    def affine(self) -> np.ndarray:
+        affine = np.diag([*self.voxel, 1.0])
+        affine[:3, 3] = (self.x[0], self.y[0], self.z[0])
+        return affine
+
+    @property
+    def fine_voxel(self) -> tuple[float, float, float]:
+        return tuple(v / self.ss for v in self.voxel)  # type: ignore[return-value]
+
+    def fine(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fine-model subvoxel centres (mm) along x, y, z."""
+        return tuple(_fine(a, v, self.ss) for a, v in zip((self.x, self.y, self.z), self.voxel, strict=True))
+
+    def truth_crop(self, anatomy: LumbarAnatomy, margin_mm: float) -> tuple[slice, slice]:
+        """Fine-grid (x, y) slices covering the muscles plus ``margin_mm``."""
+        xf, yf, _ = self.fine()
+        x0, x1, y0, y1 = anatomy.muscle_box_mm(margin_mm)
+        cx0, cx1 = np.searchsorted(xf, (x0, x1))
+        cy0, cy1 = np.searchsorted(yf, (y0, y1))
+        return slice(int(cx0), int(cx1)), slice(int(cy0), int(cy1))
+
+
+def _sample_model(anatomy: LumbarAnatomy, grid: _Grid, crop: tuple[slice, slice]):
+    """Partial-volume water, fat (float32, PD units) and majority structure (uint8) on the output
+    grid, and the noise-free fine model inside ``crop``: true FF (NaN where no tissue) and
+    structure indices, shape (crop x, crop y, Z * ss)."""
+    ss = grid.ss
+    nx, ny, nz = grid.shape
+    xf, yf, zf = grid.fine()
+    crop_shape = (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start, zf.size)
+    ff_true = np.empty(crop_shape, dtype=np.float32)
+    st_true = np.empty(crop_shape, dtype=np.uint8)
+    water = np.empty(grid.shape, dtype=np.float32)
+    fat = np.empty(grid.shape, dtype=np.float32)
+    structure = np.empty(grid.shape, dtype=np.uint8)
     slab_s = np.empty((nx * ss, ny * ss, ss), dtype=np.uint8)
     sum_w = np.empty((nx * ss, ny * ss), dtype=np.float32)
     sum_f = np.empty_like(sum_w)
@@ -385,19 +443,26 @@ def make_phantom(
             sum_f += fat_signal
             sum_w += pd - fat_signal
             slab_s[:, :, j] = st
-            crop_pd = pd[cx0:cx1, cy0:cy1]
-            ff_true[:, :, kf] = np.where(crop_pd > 0, ff[cx0:cx1, cy0:cy1], np.float32(np.nan))
-            st_true[:, :, kf] = st[cx0:cx1, cy0:cy1]
+            ff_true[:, :, kf] = np.where(pd[crop] > 0, ff[crop], np.float32(np.nan))
+            st_true[:, :, kf] = st[crop]
         water[:, :, k] = _block_mean(sum_w, (nx, ny), ss)
         fat[:, :, k] = _block_mean(sum_f, (nx, ny), ss)
         structure[:, :, k] = _majority(slab_s, (nx, ny), ss)
+    return water, fat, structure, ff_true, st_true
 
-    polynomial, peak = _bias_polynomial(rng_bias, x, y, z)
+
+def _apply_bias(water, fat, rng: np.random.Generator, grid: _Grid, bias: float) -> None:
+    """Scale water and fat in place by ``SIGNAL_SCALE`` x the coil bias field of amplitude ``bias``."""
+    polynomial, peak = _bias_polynomial(rng, grid.x, grid.y, grid.z)
     scale = bias / peak if bias > 0 and peak > 0 else 0.0
-    for k in range(nz):
-        gain = np.float32(SIGNAL_SCALE) * (1.0 + np.float32(scale) * polynomial(float(z[k])))
+    for k in range(grid.z.size):
+        gain = np.float32(SIGNAL_SCALE) * (1.0 + np.float32(scale) * polynomial(float(grid.z[k])))
         water[:, :, k] *= gain
         fat[:, :, k] *= gain
+
+
+def _noisy_images(water, fat, structure, snr: float | None, rng: np.random.Generator):
+    """(water, fat, in_phase, opposed_phase, sigma): Rician magnitudes at ``snr`` (None: none)."""
     muscle = (structure >= 1) & (structure <= len(_MUSCLES))
     sigma = (
         float(water[muscle].mean(dtype=np.float64)) / snr
@@ -406,116 +471,73 @@ def make_phantom(
     )
     del muscle
     if sigma > 0:
-        water, fat, in_phase, opposed_phase = _add_rician_noise(water, fat, sigma, rng_noise)
-    else:
-        in_phase, opposed_phase = water + fat, np.abs(water - fat)
+        return (*_add_rician_noise(water, fat, sigma, rng), sigma)
+    return water, fat, water + fat, np.abs(water - fat), sigma
 
-    swap_info = None
-    if swap_region:
-        side = "autochthon_left" if rng_artefact.uniform() < 0.5 else "autochthon_right"
-        zc = float(z[nz // 2])
-        cx, cy, *_ = anatomy.muscle(side, zc)
-        box = tuple(
-            slice(
-                np.searchsorted(axis, centre - SWAP_RADIUS_MM, side="left"),
-                np.searchsorted(axis, centre + SWAP_RADIUS_MM, side="right"),
-            )
-            for axis, centre in zip((x, y, z), (cx, cy, zc), strict=True)
+
+def _swap_region(water, fat, anatomy: LumbarAnatomy, grid: _Grid, rng: np.random.Generator) -> dict:
+    """Exchange water and fat in place inside a sphere in one autochthon muscle; returns where."""
+    x, y, z = grid.x, grid.y, grid.z
+    side = "autochthon_left" if rng.uniform() < 0.5 else "autochthon_right"
+    zc = float(z[z.size // 2])
+    cx, cy, *_ = anatomy.muscle(side, zc)
+    box = tuple(
+        slice(
+            np.searchsorted(axis, centre - SWAP_RADIUS_MM, side="left"),
+            np.searchsorted(axis, centre + SWAP_RADIUS_MM, side="right"),
         )
-        sphere = (
-            (x[box[0], None, None] - cx) ** 2
-            + (y[None, box[1], None] - cy) ** 2
-            + (z[None, None, box[2]] - zc) ** 2
-        ) <= SWAP_RADIUS_MM**2
-        w_box, f_box = water[box], fat[box]
-        w_box[sphere], f_box[sphere] = f_box[sphere], w_box[sphere]
-        swap_info = {
-            "centre_mm": [float(cx), float(cy), zc],
-            "radius_mm": SWAP_RADIUS_MM,
-            "muscle": side,
-            "n_voxels": int(sphere.sum()),
-        }
-    if nan_voxels:
-        flat = rng_artefact.choice(water.size, size=int(nan_voxels), replace=False)
-        for arr in (water, fat, in_phase, opposed_phase):
-            arr.reshape(-1)[flat] = np.nan
-
-    labels = lut[structure]
-    from myocomp.synth import vertebrae as vt
-
-    verts, discs = vt.vertebra_labels(anatomy, structure == STRUCTURES.index("spine"), x, y, z, dz)
-    fine_size = (dx / ss, dy / ss, dz / ss)
-    table = composition_metrics(
-        ff_true,
-        lut[st_true],
-        names,
-        fine_size,
-        bmi=bmi,
-        fat_threshold=fat_threshold,
-        band_mm=band_mm,
-        groups=TRUTH_GROUPS,
+        for axis, centre in zip((x, y, z), (cx, cy, zc), strict=True)
     )
-    metrics = {
+    sphere = (
+        (x[box[0], None, None] - cx) ** 2
+        + (y[None, box[1], None] - cy) ** 2
+        + (z[None, None, box[2]] - zc) ** 2
+    ) <= SWAP_RADIUS_MM**2
+    w_box, f_box = water[box], fat[box]
+    w_box[sphere], f_box[sphere] = f_box[sphere], w_box[sphere]
+    return {
+        "centre_mm": [float(cx), float(cy), zc],
+        "radius_mm": SWAP_RADIUS_MM,
+        "muscle": side,
+        "n_voxels": int(sphere.sum()),
+    }
+
+
+def _truth_metrics(ff_true, fine_labels, names, fine_voxel, bmi, fat_threshold, band_mm) -> dict:
+    """Composition metrics of the noise-free fine model: group/muscle name -> {metric: value}."""
+    from myocomp.imaging.composition import composition_metrics
+
+    table = composition_metrics(
+        ff_true, fine_labels, names, fine_voxel,
+        bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=TRUTH_GROUPS,
+    )
+    return {
         row["group"]: {k: _plain(v) for k, v in row.items() if k not in ("group", "level")}
         for row in table.to_dict(orient="records")
     }
 
-    fine_ml = float(np.prod(fine_size)) / 1000.0
+
+def _definitions() -> dict:
+    from myocomp.imaging.composition import DEFINITIONS
+
+    return dict(DEFINITIONS)
+
+
+def _fine_truth(anatomy: LumbarAnatomy, grid: _Grid, crop, ff_true, st_true, fat_threshold: float):
+    """(the fine model's per-slice sums and axes, the per-level truth of :mod:`synth.vertebrae`)."""
+    from myocomp.synth import vertebrae as vt
+
+    xf, yf, zf = grid.fine()
+    dz = grid.voxel[2]
+    fine_ml = float(np.prod(grid.fine_voxel)) / 1000.0
     fine_sums = vt.fine_profile(ff_true, st_true, fat_threshold)
-    fine = {"profile": fine_sums, "z": zf, "x": xf[cx0:cx1], "y": yf[cy0:cy1], "voxel_ml": fine_ml, "anatomy": anatomy}
+    fine = {"profile": fine_sums, "z": zf, "x": xf[crop[0]], "y": yf[crop[1]], "voxel_ml": fine_ml,
+            "anatomy": anatomy}
     levels_truth = vt.level_truth(
-        anatomy, fine_sums, zf, xf[cx0:cx1], yf[cy0:cy1], fine_ml, fat_threshold, z[0] - dz / 2, z[-1] + dz / 2
+        anatomy, fine_sums, zf, xf[crop[0]], yf[crop[1]], fine_ml, fat_threshold,
+        grid.z[0] - dz / 2, grid.z[-1] + dz / 2,
     )
-    if tilt_deg:
-        affine = _rotation(tilt_deg) @ affine
-    arrays = {
-        "water": water,
-        "fat": fat,
-        "labels": labels,
-        "vertebrae": verts,
-        "discs": discs,
-        "in_phase": in_phase,
-        "opposed_phase": opposed_phase,
-    }
-    arrays, affine = _reorient(arrays, affine, orientation)
-    parameters: dict[str, Any] = {
-        "seed": int(seed),
-        "voxel_size_mm": list(voxel_size_mm),
-        "shape": list(arrays["water"].shape),
-        "orientation": str(orientation).upper(),
-        "length_mm": float(length_mm),
-        "snr": snr,
-        "noise_sigma": sigma,
-        "signal_scale": SIGNAL_SCALE,
-        "infiltration": float(infiltration),
-        "intermat": float(intermat),
-        "bias": float(bias),
-        "swap_region": swap_info,
-        "nan_voxels": int(nan_voxels),
-        "supersample": ss,
-        "profile": profile_name,
-        "bmi": float(bmi),
-        "fat_threshold": float(fat_threshold),
-        "band_mm": float(band_mm),
-        "truth_voxel_size_mm": list(fine_size),
-        "fascia_mm": FASCIA_MM,
-        "deposit_peak_ff": "1 - local muscle FF",
-        "tilt_deg": float(tilt_deg),
-    }
-    return Phantom(
-        water=arrays["water"],
-        fat=arrays["fat"],
-        labels=arrays["labels"],
-        affine=affine,
-        truth={"parameters": parameters, "metrics": metrics, "definitions": dict(DEFINITIONS),
-               "levels": _plain_tree(levels_truth)},
-        seed=int(seed),
-        in_phase=arrays["in_phase"],
-        opposed_phase=arrays["opposed_phase"],
-        vertebrae=arrays["vertebrae"],
-        discs=arrays["discs"],
-        fine=fine,
-    )
+    return fine, levels_truth
 
 
 def _rotation(tilt_deg: float) -> np.ndarray:
