@@ -172,45 +172,8 @@ def stitch(stations: Sequence[Station], *, intensity_match: bool = True) -> Stit
     scaled) has a median ratio of 1, using the sum of all channels; the first station keeps its
     intensities. Voxels no station covers are 0. Returns float32 channels.
     """
-    if not stations:
-        raise GeometryError("no stations to stitch")
-    names = set(stations[0].channels)
-    for i, st in enumerate(stations):
-        if set(st.channels) != names:
-            raise GeometryError(
-                f"station {i + 1} has channels {sorted(st.channels)}, expected {sorted(names)}"
-            )
-        shapes = {a.shape for a in st.channels.values()}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-            raise GeometryError(
-                f"station {i + 1}: channels must be 3-D arrays of one shape, got {sorted(shapes)}"
-            )
-        aff = np.asarray(st.affine, dtype=float)
-        if (
-            aff.shape != (4, 4)
-            or not np.all(np.isfinite(aff))
-            or abs(np.linalg.det(aff[:3, :3])) < 1e-9
-        ):
-            raise GeometryError(f"station {i + 1} has an invalid affine")
-
-    centres = np.array(
-        [
-            (np.asarray(s.affine) @ np.append((np.array(s.shape) - 1) / 2.0, 1.0))[:3]
-            for s in stations
-        ]
-    )
-    if len(stations) > 1:
-        span = centres - centres[0]
-        direction = span[np.argmax(np.linalg.norm(span, axis=1))]
-        if np.linalg.norm(direction) < 1e-6:
-            raise GeometryError("stations share one centre; they do not form a stack")
-        direction = direction / np.linalg.norm(direction)
-        if direction[np.argmax(np.abs(direction))] < 0:
-            direction = -direction  # order from the lower world coordinate (e.g. feet first)
-    else:
-        direction = np.asarray(stations[0].affine, dtype=float)[:3, 2]
-        direction = direction / np.linalg.norm(direction)
-    order = tuple(int(i) for i in np.argsort(centres @ direction, kind="stable"))
+    names = _check_stations(stations)
+    direction, order = _stack_order(stations)
     ordered = [stations[i] for i in order]
 
     affine, shape = union_grid([s.affine for s in ordered], [s.shape for s in ordered])
@@ -245,6 +208,54 @@ def stitch(stations: Sequence[Station], *, intensity_match: bool = True) -> Stit
     for pos, i in enumerate(order):
         inv_scales[i] = scales[pos]
     return StitchResult(channels=out, affine=affine, scales=tuple(inv_scales), order=order)
+
+
+
+def _check_stations(stations: Sequence[Station]) -> set[str]:
+    """The channel names shared by every station (3-D arrays of one shape, a valid affine each)."""
+    if not stations:
+        raise GeometryError("no stations to stitch")
+    names = set(stations[0].channels)
+    for i, st in enumerate(stations):
+        if set(st.channels) != names:
+            raise GeometryError(
+                f"station {i + 1} has channels {sorted(st.channels)}, expected {sorted(names)}"
+            )
+        shapes = {a.shape for a in st.channels.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise GeometryError(
+                f"station {i + 1}: channels must be 3-D arrays of one shape, got {sorted(shapes)}"
+            )
+        aff = np.asarray(st.affine, dtype=float)
+        if (
+            aff.shape != (4, 4)
+            or not np.all(np.isfinite(aff))
+            or abs(np.linalg.det(aff[:3, :3])) < 1e-9
+        ):
+            raise GeometryError(f"station {i + 1} has an invalid affine")
+    return names
+
+
+def _stack_order(stations: Sequence[Station]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(unit stacking direction towards increasing world coordinate, station order along it)."""
+    centres = np.array(
+        [
+            (np.asarray(s.affine) @ np.append((np.array(s.shape) - 1) / 2.0, 1.0))[:3]
+            for s in stations
+        ]
+    )
+    if len(stations) > 1:
+        span = centres - centres[0]
+        direction = span[np.argmax(np.linalg.norm(span, axis=1))]
+        if np.linalg.norm(direction) < 1e-6:
+            raise GeometryError("stations share one centre; they do not form a stack")
+        direction = direction / np.linalg.norm(direction)
+        if direction[np.argmax(np.abs(direction))] < 0:
+            direction = -direction  # order from the lower world coordinate (e.g. feet first)
+    else:
+        direction = np.asarray(stations[0].affine, dtype=float)[:3, 2]
+        direction = direction / np.linalg.norm(direction)
+    return direction, tuple(int(i) for i in np.argsort(centres @ direction, kind="stable"))
 
 
 def stitch_dixon(

@@ -380,13 +380,20 @@ def paint_slice(anatomy: LumbarAnatomy, x: np.ndarray, y: np.ndarray, z: float):
     (pd, ff, structure): (len(x), len(y)) arrays: proton density (0-1, float32), true fat
     fraction (float32; 0 where PD is 0) and structure index into :data:`STRUCTURES` (uint8).
     """
-    a = anatomy
     c = _Canvas(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
-    s = a.s(z)
-    b = a.body(z)
-    v = a.vertebra(z)
+    s = anatomy.s(z)
+    v = anatomy.vertebra(z)
+    _paint_body(c, anatomy, z)
+    _paint_organs(c, anatomy, z, s, v)
+    _paint_spine(c, v)
+    _paint_muscles(c, anatomy, z)
+    c.ff[c.pd == 0] = 0.0
+    return c.pd, c.ff, c.st
 
-    # nested body layers: air, skin, subcutaneous fat, abdominal wall muscle, visceral cavity
+
+def _paint_body(c: _Canvas, a: LumbarAnatomy, z: float) -> None:
+    """Nested body layers: air, skin, subcutaneous fat, abdominal wall muscle, visceral cavity."""
+    b = a.body(z)
     layer = np.zeros(c.pd.shape, dtype=np.uint8)
     outlines = (
         (b["a"], b["b_ant"], b["b_post"]),
@@ -402,7 +409,9 @@ def paint_slice(anatomy: LumbarAnatomy, x: np.ndarray, y: np.ndarray, z: float):
     wall_ff = 0.7 * a.infiltration + 0.01
     c.ff = np.array([0.0, 0.1, SC_FAT_FF, wall_ff, VISCERAL_FAT_FF], dtype=np.float32)[layer]
 
-    # organs
+
+def _paint_organs(c: _Canvas, a: LumbarAnatomy, z: float, s: float, v: dict) -> None:
+    """Liver, kidneys, bowel loops, aorta, vena cava and the (unlabelled) quadratus lumborum."""
     if s < 0.45:
         f = math.sqrt(1 - (s / 0.45) ** 2)
         c.paint(c.shape(60, 30, 65 * f + 1, 55 * f + 1, 45 * f + 1, 2.0), 1.0, 0.05, _ST["liver"])
@@ -432,7 +441,9 @@ def paint_slice(anatomy: LumbarAnatomy, x: np.ndarray, y: np.ndarray, z: float):
             0.6 * a.infiltration + 0.02,
         )
 
-    # spine
+
+def _paint_spine(c: _Canvas, v: dict) -> None:
+    """Vertebral body, laminae and spinous process (or a disc and ligaments), spinal canal."""
     if v["disc"]:
         c.paint(c.shape(0, v["body_y"], v["ax"], v["ay"], v["ay"], 2.4), 0.6, 0.02)
         c.paint(c.shape(0, v["body_y"], 0.6 * v["ax"], 0.6 * v["ay"], 0.6 * v["ay"], 2.4), 1.0, 0.0)
@@ -462,7 +473,9 @@ def paint_slice(anatomy: LumbarAnatomy, x: np.ndarray, y: np.ndarray, z: float):
         c.paint(c.shape(0, spinous_y, 2.5, 16, 16, 4.0), 1.0, v["marrow_ff"], _ST["spine"])
     c.paint(c.shape(0, v["canal_y"], 11, 8, 8, 2.0), 1.0, 0.0, 0)  # spinal canal (CSF)
 
-    # labelled muscles in their fascia sheaths
+
+def _paint_muscles(c: _Canvas, a: LumbarAnatomy, z: float) -> None:
+    """Labelled muscles in their fascia sheaths, with the intramuscular fat deposits."""
     for name in STRUCTURES[1:5]:
         m = a.muscle(name, z)
         cx, cy, ax, ay_a, ay_p, n = m
@@ -476,5 +489,3 @@ def paint_slice(anatomy: LumbarAnatomy, x: np.ndarray, y: np.ndarray, z: float):
             g = a.infiltration_ff(xw, yw, z, scale)
             bump = _deposit_bump(a, name, xw, yw, z, m)
             c.paint(inner, 1.0, g + (1.0 - 2.0 * g) * bump, _ST[name])
-    c.ff[c.pd == 0] = 0.0
-    return c.pd, c.ff, c.st
