@@ -127,77 +127,28 @@ def quantify(
     together or not at all, and never over an input.
     """
     from myocomp.cli.app import captured_warnings
-    from myocomp.imaging.labelmap import labelmap_from_array
-    from myocomp.imaging.labels import AUTO_PROFILE, get_profile
     from myocomp.io import check_output_paths
-    from myocomp.options import check_options
 
-    check_table_suffix(out, "--out")
-    if slices is not None:
-        check_table_suffix(slices, "--slices")
-    check_options({"--fat-threshold": fat_threshold, "--band-mm": band_mm, "--bmi": bmi})
-    if levels is not None:
-        check_table_suffix(levels, "--levels")
-        if vertebrae is None:
-            raise DataError("--levels needs --vertebrae (a vertebra label map)")
-    if level_axis not in ("world", "spine"):
-        raise DataError(f"--level-axis must be world or spine, got {level_axis!r}")
-    group_tuple = parse_groups(groups)
+    group_tuple = _check_quantify_options(out, slices, levels, vertebrae, level_axis, groups,
+                                          {"--fat-threshold": fat_threshold, "--band-mm": band_mm, "--bmi": bmi})
     check_ff_method(ff_method, noise_sigma)
     ff_given, method = _ff_input(ff_map, ff_units, echoes, water, fat, in_phase)
-    if ff_given is None:
-        check_image_source(water, dicom, fat, in_phase, opposed_phase)
-    elif dicom is not None or (ff_method or "ratio") != "ratio":
-        raise DataError("--ff-map/--echoes give the fat fraction itself: no --dicom, no --ff-method other than ratio")
-    if grid_from is not None and dicom is not None:
-        raise DataError("--grid-from goes with NIfTI images (--water ...), not with --dicom")
     images = {"water": water, "fat": fat, "in_phase": in_phase, "opposed_phase": opposed_phase}
-    inputs = {f"--{k.replace('_', '-')}": v for k, v in images.items()} | {"--labels": labels, "--dicom": dicom}
-    inputs |= {"--ff-map": ff_map, "--echoes": echoes}
-    if Path(profile).is_file():
-        inputs["--profile"] = Path(profile)
-    if vertebrae is not None:
-        inputs["--vertebrae"] = vertebrae
+    _check_sources(ff_given, images, dicom, ff_method, grid_from)
+    inputs = _input_paths(images, labels, dicom, ff_map, echoes, profile, vertebrae)
     check_output_paths({"--out": out, "--slices": slices, "--provenance": provenance, "--levels": levels}, inputs)
-    label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
-    if ff_given is None:
-        dixon, label_img = read_inputs(images, dicom, labels, grid_from)
-    else:
-        from myocomp.imaging.dixon import load_nifti
-
-        dixon, label_img, ff_method = ff_given, load_nifti(labels, "label map"), "ratio"
+    if ff_given is not None:
+        ff_method = "ratio"
+    dixon, signal, labelmap = _read_checked(ff_given, images, dicom, labels, grid_from, profile,
+                                            skip_anatomy_check, ff_map or echoes)
+    vertebra_map = _vertebra_map(vertebrae, vertebrae_profile, dixon, level_axis)
     from myocomp.imaging import qc
-
-    signal = qc.signal_check(dixon)
-    if signal.errors:
-        role, reason = signal.errors[0]
-        raise DataError(reason, source=images.get(role) or dicom or ff_map or echoes)
-    label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
-    labelmap = labelmap_from_array(label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
-                                   anatomy_check=not skip_anatomy_check)
-    del label_img
-    vertebra_map = None
-    if vertebrae is not None:
-        from myocomp.imaging.levels import load_vertebrae
-
-        vertebra_map = load_vertebrae(vertebrae, get_profile(vertebrae_profile), reference=dixon, axis=level_axis)
     from myocomp.imaging.composition import quantify as run_quantify
-    from myocomp.io import staged_outputs, write_json, write_table
 
     result = run_quantify(
-        dixon,
-        labelmap,
-        bmi=bmi,
-        fat_threshold=fat_threshold,
-        band_mm=band_mm,
-        groups=group_tuple,
-        participant_id=participant_id,
-        with_slices=slices is not None,
-        fat_is_bright=not fat_is_dark,
-        ff_method=ff_method,
-        noise_sigma=noise_sigma,
-        vertebrae=vertebra_map,
-        height_cm=height_cm,
+        dixon, labelmap, bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=group_tuple,
+        participant_id=participant_id, with_slices=slices is not None, fat_is_bright=not fat_is_dark,
+        ff_method=ff_method, noise_sigma=noise_sigma, vertebrae=vertebra_map, height_cm=height_cm,
         level_axis=level_axis,
     )
     if method is not None:
@@ -206,19 +157,98 @@ def quantify(
     flags = qc.assess(dixon, labelmap, group_tuple, signal=signal, ff=result.ff, box=result.box)
     metrics = qc.add_flag_columns(result.metrics, flags)
     record = dict(result.provenance, qc=flags.to_dict(), warnings=captured_warnings())
-    with staged_outputs(protect=[p for p in inputs.values() if p is not None]) as stage:
-        write_table(metrics, stage.file(out))
-        if slices is not None and result.slices is not None:
-            write_table(result.slices, stage.file(slices))
-        if levels is not None and result.levels is not None:
-            write_table(result.levels, stage.file(levels))
-        if provenance is not None:
-            write_json(record, stage.file(provenance))
+    tables = [(out, metrics), (slices, result.slices), (levels, result.levels)]
+    _write_outputs(tables, provenance, record, [p for p in inputs.values() if p is not None])
     print_metrics(metrics, f"{participant_id or (water or dicom or ff_map or echoes).name}: {metrics['method'].iloc[0]}")
     raised = [c for c in qc.FLAG_COLUMNS if metrics[c].any()]
     if raised:
         typer.echo(f"warning: QC flags {', '.join(raised)}: {metrics['qc_notes'].iloc[0]}", err=True)
     typer.echo(f"wrote {out}")
+
+
+def _check_quantify_options(out, slices, levels, vertebrae, level_axis, groups: str, numbers: dict):
+    """Output suffixes, numeric options, --levels/--level-axis; returns the parsed --groups."""
+    from myocomp.options import check_options
+
+    check_table_suffix(out, "--out")
+    if slices is not None:
+        check_table_suffix(slices, "--slices")
+    check_options(numbers)
+    if levels is not None:
+        check_table_suffix(levels, "--levels")
+        if vertebrae is None:
+            raise DataError("--levels needs --vertebrae (a vertebra label map)")
+    if level_axis not in ("world", "spine"):
+        raise DataError(f"--level-axis must be world or spine, got {level_axis!r}")
+    return parse_groups(groups)
+
+
+def _check_sources(ff_given, images: dict, dicom: Path | None, ff_method: str | None, grid_from: str | None) -> None:
+    """One image source, and only the options that go with it."""
+    if ff_given is None:
+        check_image_source(images["water"], dicom, images["fat"], images["in_phase"], images["opposed_phase"])
+    elif dicom is not None or (ff_method or "ratio") != "ratio":
+        raise DataError("--ff-map/--echoes give the fat fraction itself: no --dicom, no --ff-method other than ratio")
+    if grid_from is not None and dicom is not None:
+        raise DataError("--grid-from goes with NIfTI images (--water ...), not with --dicom")
+
+
+def _input_paths(images: dict, labels: Path, dicom, ff_map, echoes, profile: str, vertebrae) -> dict:
+    """Option -> input path (none may be overwritten by an output)."""
+    inputs = {f"--{k.replace('_', '-')}": v for k, v in images.items()} | {"--labels": labels, "--dicom": dicom}
+    inputs |= {"--ff-map": ff_map, "--echoes": echoes}
+    if Path(profile).is_file():
+        inputs["--profile"] = Path(profile)
+    if vertebrae is not None:
+        inputs["--vertebrae"] = vertebrae
+    return inputs
+
+
+def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profile: str, skip_anatomy_check: bool,
+                  ff_source):
+    """(DixonVolume, its signal check, LabelMap): impossible channels are refused here."""
+    from myocomp.imaging.labelmap import labelmap_from_array
+    from myocomp.imaging.labels import AUTO_PROFILE, get_profile
+
+    label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
+    if ff_given is None:
+        dixon, label_img = read_inputs(images, dicom, labels, grid_from)
+    else:
+        from myocomp.imaging.dixon import load_nifti
+
+        dixon, label_img = ff_given, load_nifti(labels, "label map")
+    from myocomp.imaging import qc
+
+    signal = qc.signal_check(dixon)
+    if signal.errors:
+        role, reason = signal.errors[0]
+        raise DataError(reason, source=images.get(role) or dicom or ff_source)
+    label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
+    labelmap = labelmap_from_array(label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
+                                   anatomy_check=not skip_anatomy_check)
+    return dixon, signal, labelmap
+
+
+def _vertebra_map(vertebrae: Path | None, vertebrae_profile: str, dixon, level_axis: str):
+    """The vertebra label map on the images' grid (None without --vertebrae)."""
+    if vertebrae is None:
+        return None
+    from myocomp.imaging.labels import get_profile
+    from myocomp.imaging.levels import load_vertebrae
+
+    return load_vertebrae(vertebrae, get_profile(vertebrae_profile), reference=dixon, axis=level_axis)
+
+
+def _write_outputs(tables: list, provenance: Path | None, record: dict, protect: list) -> None:
+    """Write the tables ((path, frame) pairs; None paths/frames skipped) and the provenance, all or none."""
+    from myocomp.io import staged_outputs, write_json, write_table
+
+    with staged_outputs(protect=protect) as stage:
+        for path, table in tables:
+            if path is not None and table is not None:
+                write_table(table, stage.file(path))
+        if provenance is not None:
+            write_json(record, stage.file(provenance))
 
 
 def read_inputs(images: dict, dicom: Path | None, labels: Path, grid_from: str | None):

@@ -99,9 +99,6 @@ def phantom(
     precession: str = typer.Option("as_stored", "--precession", help=HELP["precession"]),
 ) -> None:
     """Write a lumbar-trunk Dixon phantom (water, fat, labels) and its exact ground truth."""
-    from rich.console import Console
-    from rich.table import Table
-
     from myocomp.io import check_output_paths, staged_outputs
     from myocomp.options import check_options
     from myocomp.synth.phantom import make_phantom, write_phantom
@@ -143,6 +140,15 @@ def phantom(
     phantom = make_phantom(seed, **options)
     with staged_outputs(protect=inputs.values()) as stage:
         paths = write_phantom(stage.folder(out), phantom=phantom)
+    _print_truth(phantom, seed)
+    typer.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
+
+
+def _print_truth(phantom, seed: int) -> None:
+    """The truth of the groups back and psoas as a table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
     params = phantom.truth["parameters"]
     shape = "x".join(map(str, params["shape"]))
     table = Table(title=f"phantom seed {seed}: truth ({shape} voxels, {params['orientation']})")
@@ -154,4 +160,3 @@ def phantom(
         cells = ["" if row.get(m) is None else f"{row[m]:.4g}" for m in SUMMARY_METRICS]
         table.add_row(group, *cells)
     Console(width=120).print(table)
-    typer.echo(f"wrote {', '.join(p.name for p in paths.values())} to {out}")

@@ -350,42 +350,19 @@ def quantify(
     discrimination with an in-phase image, else noise-corrected with sigma estimated from the
     background); sigma, SNR and any fallback are in ``provenance["noise"]``.
     """
-    from myocomp.imaging import levels as lv
-
-    if height_cm is not None and not 100.0 <= height_cm <= 250.0:
-        raise DataError(f"height {height_cm} cm is outside the plausible range 100-250 cm")
-    level_groups = tuple(g for g in groups if lv.parse_level_group(g) is not None)
-    if level_groups and vertebrae is None:
-        raise LabelError(f"group {level_groups[0]} needs a vertebra label map (--vertebrae)")
-    plain = tuple(g for g in groups if g not in level_groups)
-    groups = plain or tuple(dict.fromkeys(lv.parse_level_group(g)[0] for g in level_groups))
+    groups, level_groups = _split_level_groups(groups, vertebrae, height_cm)
     _check_params(fat_threshold, band_mm, bmi)
-    if labelmap.data.shape != dixon.shape or not same_grid(labelmap.affine, dixon.affine, shape=dixon.shape):
-        raise GeometryError("label map and images are not on the same grid")
     names = labelmap.profile.ids
     muscle_ids = [i for i, n in names.items() if is_muscle(n)]
-    spacing = dixon.spacing_mm
-    margin = tuple(int(np.ceil(band_mm / s)) + 1 if band_mm > 0 else 0 for s in spacing)
-    box = _muscle_box(labelmap.data, muscle_ids, margin)  # type: ignore[arg-type]
-    labels = labelmap.data[box]
-    origin = np.array([s.start for s in box] + [1.0])
-    affine = dixon.affine.copy()
-    affine[:, 3] = dixon.affine @ origin
-
+    box, labels, affine = _crop_to_muscles(dixon, labelmap, muscle_ids, band_mm)
     noise = negatives = None
     if dixon.fat is not None:
         ff, method, floor, noise, negatives = _dixon_ff(dixon, box, ff_method, noise_sigma, noise_floor)
     else:
-        image = dixon.water[box]
-        inside = np.isin(labels, [i for i in muscle_ids if names[i] in _entity_muscles(names, groups)])
-        if not inside.any():
-            raise LabelError(f"none of the groups {', '.join(groups)} has any voxel in the label map")
-        ff = gmm_fat_probability(image, image[inside], fat_is_bright=fat_is_bright)
-        floor = float("nan")
-        method = "single_contrast_gmm (approximate)"
+        ff, method, floor = _single_contrast_ff(dixon.water[box], labels, names, groups, fat_is_bright)
 
     metrics = composition_metrics(
-        ff, labels, names, spacing, bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=groups
+        ff, labels, names, dixon.spacing_mm, bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=groups
     )
     metrics["qc_truncated_fov"] = _touches_fov_ends(metrics, labelmap.data, names)
     level_table, level_info = None, {}
@@ -403,31 +380,70 @@ def quantify(
     if with_slices:
         slices = slice_profile(ff, labels, names, affine, fat_threshold=fat_threshold, groups=groups)
         slices.insert(0, "participant_id", participant_id)
-    provenance = {
+    parameters = {
+        "fat_threshold": fat_threshold, "band_mm": band_mm, "groups": list(groups), "bmi": bmi,
+        "label_profile": labelmap.profile.name, "label_check": labelmap.anatomy,
+        "fat_fraction_method": method, "noise_floor": floor, "height_cm": height_cm,
+        "vertebra_profile": vertebrae.profile.name if vertebrae is not None else None,
+    }
+    noise_record = _noise_record(noise, negatives, dixon, box, labels, muscle_ids)
+    provenance = _provenance(participant_id, parameters, level_info, noise_record, dixon)
+    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance, levels=level_table, ff=ff, box=box)
+
+
+def _crop_to_muscles(dixon: DixonVolume, labelmap: LabelMap, muscle_ids: list[int], band_mm: float):
+    """(box, labels inside it, affine of the box) of the muscles plus the band, on the images' grid."""
+    if labelmap.data.shape != dixon.shape or not same_grid(labelmap.affine, dixon.affine, shape=dixon.shape):
+        raise GeometryError("label map and images are not on the same grid")
+    margin = tuple(int(np.ceil(band_mm / s)) + 1 if band_mm > 0 else 0 for s in dixon.spacing_mm)
+    box = _muscle_box(labelmap.data, muscle_ids, margin)  # type: ignore[arg-type]
+    origin = np.array([s.start for s in box] + [1.0])
+    affine = dixon.affine.copy()
+    affine[:, 3] = dixon.affine @ origin
+    return box, labelmap.data[box], affine
+
+
+def _split_level_groups(groups, vertebrae: LabelMap | None, height_cm: float | None):
+    """(plain groups to measure, level groups such as ``back_L1_L5``) of :func:`quantify`; the
+    plain groups default to the level groups' base groups."""
+    from myocomp.imaging import levels as lv
+
+    if height_cm is not None and not 100.0 <= height_cm <= 250.0:
+        raise DataError(f"height {height_cm} cm is outside the plausible range 100-250 cm")
+    level_groups = tuple(g for g in groups if lv.parse_level_group(g) is not None)
+    if level_groups and vertebrae is None:
+        raise LabelError(f"group {level_groups[0]} needs a vertebra label map (--vertebrae)")
+    plain = tuple(g for g in groups if g not in level_groups)
+    return plain or tuple(dict.fromkeys(lv.parse_level_group(g)[0] for g in level_groups)), level_groups
+
+
+def _single_contrast_ff(image: np.ndarray, labels: np.ndarray, names: dict[int, str], groups, fat_is_bright: bool):
+    """(GMM fat probability map, method column, noise floor NaN) of a single-contrast image."""
+    muscle_ids = [i for i, n in names.items() if is_muscle(n)]
+    inside = np.isin(labels, [i for i in muscle_ids if names[i] in _entity_muscles(names, groups)])
+    if not inside.any():
+        raise LabelError(f"none of the groups {', '.join(groups)} has any voxel in the label map")
+    ff = gmm_fat_probability(image, image[inside], fat_is_bright=fat_is_bright)
+    return ff, "single_contrast_gmm (approximate)", float("nan")
+
+
+def _provenance(participant_id, parameters: dict, level_info: dict, noise_record, dixon: DixonVolume) -> dict:
+    """The provenance record of :func:`quantify`: parameters, levels, noise, grid, definitions, versions."""
+    from myocomp.imaging import levels as lv
+
+    return {
         "participant_id": participant_id,
-        "parameters": {
-            "fat_threshold": fat_threshold,
-            "band_mm": band_mm,
-            "groups": list(groups),
-            "bmi": bmi,
-            "label_profile": labelmap.profile.name,
-            "label_check": labelmap.anatomy,
-            "fat_fraction_method": method,
-            "noise_floor": floor,
-            "height_cm": height_cm,
-            "vertebra_profile": vertebrae.profile.name if vertebrae is not None else None,
-        },
+        "parameters": parameters,
         **level_info,
-        "noise": _noise_record(noise, negatives, dixon, box, labels, muscle_ids),
+        "noise": noise_record,
         "grid": dixon.grid,
         "geometry": {
-            "shape": list(dixon.shape), "spacing_mm": list(spacing),
+            "shape": list(dixon.shape), "spacing_mm": list(dixon.spacing_mm),
             "voxel_volume_ml": dixon.voxel_volume_ml, "orientation": "RAS+ (closest canonical)",
         },
         "definitions": {**DEFINITIONS, **lv.DEFINITIONS},
         "versions": _versions(),
     }
-    return QuantifyResult(metrics=metrics, slices=slices, provenance=provenance, levels=level_table, ff=ff, box=box)
 
 
 def _touches_fov_ends(metrics: pd.DataFrame, labels: np.ndarray, names: dict[int, str]) -> pd.Series:

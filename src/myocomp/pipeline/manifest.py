@@ -321,13 +321,7 @@ def _parse_row(
     missing: list[str],
 ) -> Participant | None:
     pid = row.get("participant_id", "")
-    if not pid:
-        problems.append("participant_id is empty")
-    elif not is_safe_participant_id(pid):
-        problems.append(
-            f"participant_id {pid!r} is not a safe folder name (use letters, digits, '.', '_', '-'; "
-            "start with a letter or digit; at most 128 characters)"
-        )
+    _check_participant_id(pid, problems)
 
     def file(column: str, *, folder: bool = False) -> Path | None:
         value = row.get(column, "")
@@ -344,6 +338,43 @@ def _parse_row(
             "ff_map": "ff_map", "echoes": "echoes"}.get(
         sources[0] if len(sources) == 1 else "", ""
     )
+    images = _parse_images(row, kind, base, file, problems, missing)
+    labels = file("labels")
+    profile = _parse_profile(row, default_profile, base, missing)
+    if labels is not None and not profile:
+        problems.append("labels given without a profile (add a profile column or --profile)")
+
+    bmi = _bmi(row, problems)
+    vertebrae, vertebrae_profile, height_cm = _parse_levels(row, base, file, problems)
+    if problems or not kind:
+        return None
+    return Participant(
+        participant_id=pid,
+        kind=kind,
+        **images,
+        labels=labels,
+        profile=profile or None,
+        bmi=bmi,
+        site=row.get("site") or None,
+        line=lineno,
+        vertebrae=vertebrae,
+        vertebrae_profile=vertebrae_profile,
+        height_cm=height_cm,
+    )
+
+
+def _check_participant_id(pid: str, problems: list[str]) -> None:
+    if not pid:
+        problems.append("participant_id is empty")
+    elif not is_safe_participant_id(pid):
+        problems.append(
+            f"participant_id {pid!r} is not a safe folder name (use letters, digits, '.', '_', '-'; "
+            "start with a letter or digit; at most 128 characters)"
+        )
+
+
+def _parse_images(row, kind: str, base: Path, file, problems: list[str], missing: list[str]) -> dict:
+    """The image fields of a :class:`Participant` for the row's source ``kind``; problems appended."""
     channels: dict[str, Path | None] = {c: None for c in CHANNELS}
     dicom_dir = None
     stations: dict[str, tuple[Path, ...]] = {}
@@ -357,7 +388,7 @@ def _parse_row(
         dicom_dir = file("dicom_dir", folder=True)
     elif kind == "stations":
         stations = _parse_stations(row, base, problems, missing)
-    extra = {c: None for c in ("ff_map", "echoes")}
+    extra: dict[str, Path | None] = {c: None for c in ("ff_map", "echoes")}
     if kind in extra:
         extra[kind] = _resolve(base, row[kind])
         why = file_problem(extra[kind], folder=kind == "echoes" or extra[kind].is_dir())
@@ -367,8 +398,11 @@ def _parse_row(
             problems.append(f"{kind} needs a labels column (no segmentation of fat fractions)")
     if kind and kind != "nifti" and any(row.get(c) for c in ("in_phase", "opposed_phase")):
         problems.append("in_phase/opposed_phase columns only go with water + fat")
+    return {**channels, "dicom_dir": dicom_dir, "stations": stations, **extra}
 
-    labels = file("labels")
+
+def _parse_profile(row: dict[str, str], default_profile: str | None, base: Path, missing: list[str]) -> str | None:
+    """The row's label profile (or the default); a profile file path is resolved and checked."""
     profile = row.get("profile") or default_profile
     if profile and _looks_like_path(profile):
         resolved = _resolve(base, profile)
@@ -376,33 +410,7 @@ def _parse_row(
         if why:
             missing.append(f"profile: {why}")
         profile = str(resolved)
-    if labels is not None and not profile:
-        problems.append("labels given without a profile (add a profile column or --profile)")
-
-    bmi = _bmi(row, problems)
-    vertebrae, vertebrae_profile, height_cm = _parse_levels(row, base, file, problems)
-    if problems or not kind:
-        return None
-    return Participant(
-        participant_id=pid,
-        kind=kind,
-        water=channels["water"],
-        fat=channels["fat"],
-        in_phase=channels["in_phase"],
-        opposed_phase=channels["opposed_phase"],
-        dicom_dir=dicom_dir,
-        stations=stations,
-        ff_map=extra["ff_map"] if kind in extra else None,
-        echoes=extra["echoes"] if kind in extra else None,
-        labels=labels,
-        profile=profile or None,
-        bmi=bmi,
-        site=row.get("site") or None,
-        line=lineno,
-        vertebrae=vertebrae,
-        vertebrae_profile=vertebrae_profile,
-        height_cm=height_cm,
-    )
+    return profile
 
 
 def _parse_levels(row: dict[str, str], base: Path, file, problems: list[str]):

@@ -255,6 +255,40 @@ def _write_outputs(store: ResultStore, pid: str, metrics, slices, png: bytes | N
     return {path.name: path.stat().st_size for path in written}
 
 
+def _load_inputs(p: Participant, params: BatchParams, clock: _Clock):
+    """(Dixon volume, muscle label map, vertebra label map or None) of one participant."""
+    dixon = load_volume(p)
+    labelmap = _label_map(p, dixon, params, clock)
+    vertebrae = None
+    if p.vertebrae is not None:
+        from myocomp.imaging.levels import DEFAULT_VERTEBRA_PROFILE, load_vertebrae
+
+        profile = p.vertebrae_profile or DEFAULT_VERTEBRA_PROFILE
+        vertebrae = load_vertebrae(p.vertebrae, profile, reference=dixon)
+    return dixon, labelmap, vertebrae
+
+
+def _quantify(p: Participant, dixon, labelmap, vertebrae, params: BatchParams):
+    """:func:`~myocomp.imaging.composition.quantify` with the batch parameters; the ``method``
+    column names a fat-fraction map or separated PDFF where the row gave one."""
+    from myocomp.imaging.composition import quantify
+
+    result = quantify(
+        dixon,
+        labelmap,
+        bmi=p.bmi,
+        fat_threshold=params.fat_threshold,
+        band_mm=params.band_mm,
+        groups=params.groups,
+        participant_id=p.participant_id,
+        vertebrae=vertebrae,
+        height_cm=p.height_cm,
+    )
+    if p.kind in ("ff_map", "echoes"):
+        result.metrics["method"] = "ff_map" if p.kind == "ff_map" else "separated_pdff"
+    return result
+
+
 def process_participant(
     p: Participant,
     out_dir: str | Path,
@@ -284,32 +318,9 @@ def process_participant(
             return TaskOutcome(pid, "skipped", seconds=time.perf_counter() - start)
 
         clock.enter("load")
-        dixon = load_volume(p)
-        labelmap = _label_map(p, dixon, params, clock)
-        vertebrae = None
-        if p.vertebrae is not None:
-            from myocomp.imaging.levels import DEFAULT_VERTEBRA_PROFILE, load_vertebrae
-
-            profile = p.vertebrae_profile or DEFAULT_VERTEBRA_PROFILE
-            vertebrae = load_vertebrae(p.vertebrae, profile, reference=dixon)
-
+        dixon, labelmap, vertebrae = _load_inputs(p, params, clock)
         clock.enter("quantify")
-        from myocomp.imaging.composition import quantify
-
-        result = quantify(
-            dixon,
-            labelmap,
-            bmi=p.bmi,
-            fat_threshold=params.fat_threshold,
-            band_mm=params.band_mm,
-            groups=params.groups,
-            participant_id=pid,
-            vertebrae=vertebrae,
-            height_cm=p.height_cm,
-        )
-        if p.kind in ("ff_map", "echoes"):
-            result.metrics["method"] = "ff_map" if p.kind == "ff_map" else "separated_pdff"
-
+        result = _quantify(p, dixon, labelmap, vertebrae, params)
         clock.enter("qc")
         metrics, flags, png = _qc(dixon, labelmap, result, params)
 
