@@ -16,9 +16,10 @@ Signal model (in this order):
 5. Artefacts on request: a fat-water swap (water and fat exchanged inside a sphere of radius
    ``SWAP_RADIUS_MM`` centred in one autochthon muscle) and NaN voxels (all channels).
 
-Ground truth: :func:`myocomp.imaging.composition.composition_metrics` applied to the noise-free
-fine model (true FF and fine labels, cropped to the muscles) with the same definitions and
-parameters (``bmi``, ``fat_threshold``, ``band_mm``) as used on the images.
+Ground truth: :func:`myocomp.synth.truth.truth_metrics`, the metric definitions written out plainly
+(independently of :mod:`myocomp.imaging.composition`) over the noise-free fine model (true FF and
+fine labels, cropped to the muscles), with the parameters (``bmi``, ``fat_threshold``,
+``band_mm``) that are to be used on the images.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from myocomp.synth.anatomy import (
     LumbarAnatomy,
     paint_slice,
 )
+from myocomp.synth.truth import truth_metrics
 
 #: Signal of a voxel of pure soft tissue (PD 1) without bias field.
 SIGNAL_SCALE = 1000.0
@@ -333,7 +335,8 @@ def make_phantom(seed: int = 0, **options: Any) -> Phantom:
 
     spine = structure == STRUCTURES.index("spine")
     verts, discs = vt.vertebra_labels(anatomy, spine, grid.x, grid.y, grid.z, grid.voxel[2])
-    metrics = _truth_metrics(ff_true, lut[st_true], names, grid.fine_voxel, o.bmi, o.fat_threshold, o.band_mm)
+    metrics = truth_metrics(ff_true, lut[st_true], names, grid.fine_voxel, bmi=o.bmi,
+                            fat_threshold=o.fat_threshold, band_mm=o.band_mm, groups=TRUTH_GROUPS)
     fine, levels_truth = _fine_truth(anatomy, grid, crop, ff_true, st_true, o.fat_threshold)
     affine = _rotation(o.tilt_deg) @ grid.affine if o.tilt_deg else grid.affine
     arrays = {
@@ -500,20 +503,6 @@ def _swap_region(water, fat, anatomy: LumbarAnatomy, grid: _Grid, rng: np.random
         "radius_mm": SWAP_RADIUS_MM,
         "muscle": side,
         "n_voxels": int(sphere.sum()),
-    }
-
-
-def _truth_metrics(ff_true, fine_labels, names, fine_voxel, bmi, fat_threshold, band_mm) -> dict:
-    """Composition metrics of the noise-free fine model: group/muscle name -> {metric: value}."""
-    from myocomp.imaging.composition import composition_metrics
-
-    table = composition_metrics(
-        ff_true, fine_labels, names, fine_voxel,
-        bmi=bmi, fat_threshold=fat_threshold, band_mm=band_mm, groups=TRUTH_GROUPS,
-    )
-    return {
-        row["group"]: {k: _plain(v) for k, v in row.items() if k not in ("group", "level")}
-        for row in table.to_dict(orient="records")
     }
 
 
