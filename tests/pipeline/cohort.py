@@ -30,6 +30,18 @@ N_GOOD_NIFTI = 15
 BROKEN = {"P90_truncated": "load", "P91_labelgrid": "labels", "P92_dicom_nofat": "load"}
 
 
+def write_nifti_cohort(root: Path, n: int, *, bmi: float | None = None) -> Path:
+    """``n`` small NIfTI phantoms (seeds 0..n-1) under ``root`` and their manifest ``root/m.csv``
+    (relative paths; a bmi column when ``bmi`` is given)."""
+    rows = ["participant_id,water,fat,labels,profile" + (",bmi" if bmi is not None else "")]
+    for i in range(n):
+        write_phantom(root / f"P{i}", seed=i, **PHANTOM)
+        row = f"P{i},P{i}/water.nii.gz,P{i}/fat.nii.gz,P{i}/labels.nii.gz,mrsegmentator"
+        rows.append(row + (f",{bmi:g}" if bmi is not None else ""))
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    return root / "m.csv"
+
+
 def _lattice(a: np.ndarray, slope: float) -> np.ndarray:
     return (np.round(a / slope) * slope).astype(np.float32)
 

@@ -20,20 +20,14 @@ from myocomp.pipeline.lock import LOCK_NAME, OutputLockedError, acquire, output_
 from myocomp.pipeline.manifest import read_manifest
 from myocomp.pipeline.params import resolve_batch_params
 from myocomp.pipeline.runner import run_batch
-from myocomp.synth.phantom import write_phantom
 
-from .cohort import PHANTOM
+from .cohort import write_nifti_cohort
 
 N = 6
 
 
 def write_cohort(root: Path, n: int = N) -> Path:
-    rows = ["participant_id,water,fat,labels,profile,bmi"]
-    for i in range(n):
-        write_phantom(root / f"P{i}", seed=i, **PHANTOM)
-        rows.append(f"P{i},P{i}/water.nii.gz,P{i}/fat.nii.gz,P{i}/labels.nii.gz,mrsegmentator,25")
-    (root / "m.csv").write_text("\n".join(rows) + "\n")
-    return root / "m.csv"
+    return write_nifti_cohort(root, n, bmi=25.0)
 
 
 @pytest.fixture(scope="module")

@@ -18,23 +18,12 @@ import pandas as pd
 import pytest
 
 from myocomp.cli import main
-from myocomp.synth.phantom import write_phantom
-
-PHANTOM = {"n_slices": 8, "voxel_size_mm": (4.0, 4.0, 6.0), "supersample": 1}
-
-
-def write_cohort(root: Path, n: int) -> Path:
-    rows = ["participant_id,water,fat,labels,profile"]
-    for i in range(n):
-        write_phantom(root / f"P{i}", seed=i, **PHANTOM)
-        rows.append(f"P{i},P{i}/water.nii.gz,P{i}/fat.nii.gz,P{i}/labels.nii.gz,mrsegmentator")
-    (root / "m.csv").write_text("\n".join(rows) + "\n")
-    return root / "m.csv"
+from pipeline.cohort import write_nifti_cohort
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    return write_cohort(tmp_path_factory.mktemp("faults"), 3)
+    return write_nifti_cohort(tmp_path_factory.mktemp("faults"), 3)
 
 
 def one_error_line(capsys) -> str:
@@ -115,7 +104,7 @@ def test_a_failing_driver_write_does_not_stop_the_others(
 
 
 def test_a_bad_profile_file_is_that_participants_error(tmp_path: Path, capsys) -> None:
-    manifest = write_cohort(tmp_path, 2)
+    manifest = write_nifti_cohort(tmp_path, 2)
     (tmp_path / "bad.json").write_text('{"labels": {"background": 0, "autochthon_left": "abc"}}')
     manifest.write_text(manifest.read_text().replace("P1/labels.nii.gz,mrsegmentator",
                                                      "P1/labels.nii.gz,bad.json"))  # fmt: skip
@@ -190,7 +179,7 @@ def test_full_disk_leaves_nothing_half_written_and_resume_gives_clean_tables(
     reason = _can_mount_tmpfs()
     if reason:
         pytest.skip(reason)
-    manifest = write_cohort(tmp_path, 8)
+    manifest = write_nifti_cohort(tmp_path, 8)
     reference = tmp_path / "reference"
     assert main(["batch", str(manifest), "--out", str(reference), "--workers", "1",
                  "--no-progress"]) == 0  # fmt: skip
