@@ -134,3 +134,24 @@ def test_outputs_follow_the_umask(mask, mode, tmp_path):
     finally:
         os.umask(old)
     assert {f.name: _mode(f) for f in files} == {f.name: mode for f in files}
+
+
+def test_read_document_json_toml_and_its_errors(tmp_path):
+    from myocomp.errors import ConfigError, InputFileError
+    from myocomp.io import read_document
+
+    good = tmp_path / "a.json"
+    good.write_text('{"x": [1, 2]}')
+    assert read_document(good, "model file") == {"x": [1, 2]}
+    conf = tmp_path / "study.cfg"
+    conf.write_text('[options]\nseed = 3\n')
+    assert read_document(conf, "config file", toml=True) == {"options": {"seed": 3}}
+    with pytest.raises(InputFileError, match="model file not found"):
+        read_document(tmp_path / "none.json", "model file")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(InputFileError, match="bad.json: not valid JSON"):
+        read_document(bad, "model file")
+    conf.write_bytes(b"seed = \xff\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_document(conf, "config file", toml=True, invalid=ConfigError)

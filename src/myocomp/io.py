@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from myocomp.errors import ConfigError, InputFileError
+from myocomp.errors import ConfigError, InputFileError, MyocompError
 
 if TYPE_CHECKING:  # pandas is imported where a table is read (keeps it out of CLI start-up)
     import pandas as pd
@@ -70,6 +70,25 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_document(path: str | Path, what: str, *, toml: bool = False,
+                  invalid: type[MyocompError] = InputFileError) -> Any:
+    """Parse a JSON (or, with ``toml``, TOML) file that the user names: a missing file raises
+    :class:`InputFileError` ``"<what> not found"``, one that does not parse ``invalid``
+    ``"not valid JSON: <reason>"`` (or TOML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{what} not found", source=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if toml:
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, TOMLDecodeError, UnicodeDecodeError
+        raise invalid(f"not valid {'TOML' if toml else 'JSON'}: {exc}", source=path) from None
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -25,7 +25,6 @@ height_cm      cm       optional, 100-250
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from myocomp import io
-from myocomp.errors import ConfigError, DataError, InputFileError
+from myocomp.errors import ConfigError, DataError
 from myocomp.imaging import composition
 
 __all__ = [
@@ -218,14 +217,8 @@ def load_config(path: str | Path | None) -> StudyConfig:
     """Read ``study.toml`` (``None`` -> defaults). Bad TOML or keys raise :class:`ConfigError`."""
     if path is None:
         return StudyConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError("config file not found", source=path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=path) from None
-    return StudyConfig.from_dict(raw, source=path)
+    raw = io.read_document(path, "config file", toml=True, invalid=ConfigError)
+    return StudyConfig.from_dict(raw, source=Path(path))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -252,13 +245,7 @@ def _to_numeric(df: pd.DataFrame, col: str, config: StudyConfig) -> pd.Series:
     text = raw.astype("string").str.strip()
     text = text.mask(text.isin(["", "NA", "na", "NaN", "nan", "."]))
     values = pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce")
-    bad = values.isna() & text.notna()
-    if bad.any():
-        pos = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"column {_label(col, config)} must be numeric: text '{text.iloc[pos]}' in "
-            f"{_where(df, pos)}"
-        )
+    _check_parsed(df, col, config, values, text, "numeric: text", text)
     return values.astype(float)
 
 
@@ -268,14 +255,16 @@ def _to_binary(df: pd.DataFrame, col: str, config: StudyConfig) -> pd.Series:
     out = pd.Series(np.nan, index=df.index)
     out[text.isin(_TRUE)] = 1.0
     out[text.isin(_FALSE)] = 0.0
-    bad = out.isna() & text.notna()
+    _check_parsed(df, col, config, out, text, "0/1 (or yes/no):", df[col])
+    return out
+
+
+def _check_parsed(df, col: str, config: StudyConfig, values, text, must: str, shown) -> None:
+    """Refuse the first cell that holds text (``text`` not NA) that did not parse (``values`` NaN)."""
+    bad = values.isna() & text.notna()
     if bad.any():
         pos = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"column {_label(col, config)} must be 0/1 (or yes/no): '{df[col].iloc[pos]}' in "
-            f"{_where(df, pos)}"
-        )
-    return out
+        raise DataError(f"column {_label(col, config)} must be {must} '{shown.iloc[pos]}' in {_where(df, pos)}")
 
 
 def _to_sex(df: pd.DataFrame, config: StudyConfig) -> pd.Series:

@@ -4,7 +4,6 @@ probability."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from myocomp.errors import ConfigError, DataError, InputFileError
+from myocomp.errors import ConfigError, DataError
+from myocomp.io import read_document
 from myocomp.study.analyses import LABELS, PA_TERM, pa_category
 from myocomp.study.phenotypes import RANGES, SEX_CODES
 from myocomp.study.result import MODEL_FORMAT, MODEL_VERSION
@@ -70,12 +70,7 @@ class PredictionResult:
 def load_model(path: str | Path) -> dict[str, Any]:
     """Read and check a ``model.json`` written by :func:`myocomp.study.run.run_study`."""
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError("model file not found", source=path)
-    try:
-        model = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"not valid JSON: {exc}", source=path) from None
+    model = read_document(path, "model file")
     if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
         raise ConfigError(f"not a {MODEL_FORMAT} file", source=path)
     if model.get("version") != MODEL_VERSION:
