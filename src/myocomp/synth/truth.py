@@ -77,31 +77,49 @@ def _band(inside: np.ndarray, labels: np.ndarray, band_mm: float, voxel_size_mm)
 
 def _entity_metrics(f: np.ndarray, band_f: np.ndarray, v: float, tau: float, bmi: float | None) -> dict:
     """The metrics of one entity from the FF values of its voxels ``f`` and of its band ``band_f``."""
-    nan = float("nan")
     valid = f[np.isfinite(f)]
-    n, n_valid = f.size, valid.size
+    band_valid = band_f[np.isfinite(band_f)]
+    band_fat = np.count_nonzero(band_valid >= tau) * band_f.size / band_valid.size if band_valid.size else 0.0
+    return metrics_from_counts(
+        n=f.size, n_valid=valid.size, ff_sum=float(valid.sum()) if valid.size else 0.0,
+        n_fat=np.count_nonzero(valid >= tau), lean=float(np.sum(1.0 - valid[valid < tau])),
+        ff_median=float(np.median(valid)) if valid.size else float("nan"),
+        band_n=band_f.size, band_fat=float(band_fat), v=v, bmi=bmi,
+        ff_mean=float(valid.mean()) if valid.size else float("nan"),
+    )
+
+
+def metrics_from_counts(
+    *, n: float, n_valid: float, ff_sum: float, n_fat: float, lean: float, ff_median: float,
+    band_n: float, band_fat: float, v: float, bmi: float | None, ff_mean: float | None = None,
+) -> dict:
+    """The metrics from (possibly fractionally weighted) voxel counts of an entity.
+
+    ``n`` / ``n_valid``: voxels of M (all / valid FF); ``ff_sum``: sum of FF, ``n_fat``: voxels
+    with FF >= tau, ``lean``: sum of (1 - FF) over FF < tau, all over the valid voxels of M;
+    ``band_n`` / ``band_fat``: band voxels (all / adipose, already scaled for invalid ones);
+    ``v``: voxel volume (mL). ``ff_mean`` defaults to ``ff_sum / n_valid``.
+    """
+    nan = float("nan")
     if n == 0:
         return {"volume_ml": 0.0, "ff_mean": nan, "ff_median": nan, "lean_volume_ml": nan,
                 "intermat_volume_ml": nan, "intramuscular_fat_ml": nan, "perimuscular_fat_ml": nan,
                 "intermat_fraction": nan, "lmm": nan, "n_voxels": 0, "voxel_volume_ml": v, "n_invalid": 0}
-    like_valid = n / n_valid if n_valid else nan
-    lean = float(np.sum(1.0 - valid[valid < tau])) * like_valid * v
-    intramuscular = float(np.count_nonzero(valid >= tau)) * like_valid * v
-    band_valid = band_f[np.isfinite(band_f)]
-    band_fat = np.count_nonzero(band_valid >= tau) * band_f.size / band_valid.size if band_valid.size else 0.0
-    perimuscular = float(band_fat) * v
-    intermat = intramuscular + perimuscular
+    like_valid = n / n_valid if n_valid else nan  # the invalid voxels are taken to be like the valid
+    lean_ml = lean * like_valid * v
+    intramuscular = n_fat * like_valid * v
+    intermat = intramuscular + band_fat * v
     return {
         "volume_ml": n * v,
-        "ff_mean": float(valid.mean()) if n_valid else nan,
-        "ff_median": float(np.median(valid)) if n_valid else nan,
-        "lean_volume_ml": lean,
+        "ff_mean": (ff_sum / n_valid if n_valid else nan) if ff_mean is None else ff_mean,
+        "ff_median": ff_median,
+        "lean_volume_ml": lean_ml,
         "intermat_volume_ml": intermat,
         "intramuscular_fat_ml": intramuscular,
-        "perimuscular_fat_ml": perimuscular,
-        "intermat_fraction": intermat / ((n + band_f.size) * v),
-        "lmm": lean / bmi if bmi is not None else nan,
-        "n_voxels": int(n),
+        "perimuscular_fat_ml": band_fat * v,
+        "intermat_fraction": intermat / ((n + band_n) * v),
+        "lmm": lean_ml / bmi if bmi is not None else nan,
+        "n_voxels": int(n) if float(n).is_integer() else n,
         "voxel_volume_ml": v,
-        "n_invalid": int(n - n_valid),
+        "n_invalid": int(n - n_valid) if float(n - n_valid).is_integer() else n - n_valid,
     }

@@ -9,7 +9,8 @@ below are fused into the ``sacrum`` label, as in TotalSegmentator's ``vertebrae_
 Labels use the ``totalsegmentator_vertebrae_mr`` ids (1 sacrum, 2 L5, ..., 7 T12); discs are a
 separate map whose value is the ``vertebrae_mr`` id of the vertebra above the disc.
 
-Truth is computed from the noise-free fine model only (never by :mod:`myocomp.imaging.levels`):
+Truth is computed from the noise-free fine model only (never by :mod:`myocomp.imaging.levels` or
+:mod:`myocomp.imaging.metrics`; the definitions are those of :mod:`myocomp.synth.truth`):
 :func:`fine_profile` tabulates per fine slice the sums of every composition metric, so the truth
 between any two planes (:func:`truth_between`) is an exact weighted sum of fine slices, and
 :func:`truth_csa` paints the model at exactly one plane.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from myocomp.synth.anatomy import STRUCTURES, LumbarAnatomy, paint_slice
+from myocomp.synth.truth import metrics_from_counts
 
 DISC_MM = 9.0
 _ORDER = (*(f"T{i}" for i in range(1, 13)), *(f"L{i}" for i in range(1, 6)), *(f"S{i}" for i in range(1, 6)))
@@ -124,12 +126,11 @@ def truth_between(
 
     Fine slices cut by a plane count with the fraction of their thickness inside.
     """
-    from myocomp.imaging.metrics import metric_row
-
     step = float(z_fine[1] - z_fine[0])
     w = np.clip((np.minimum(top, z_fine + step / 2) - np.maximum(bottom, z_fine - step / 2)) / step, 0.0, 1.0)
-    sums = w @ profile[entity]
-    return metric_row(*sums, float("nan"), 0.0, 0.0, fine_voxel_ml, bmi)
+    n, n_valid, ff_sum, n_fat, lean = (float(x) for x in w @ profile[entity])
+    return metrics_from_counts(n=n, n_valid=n_valid, ff_sum=ff_sum, n_fat=n_fat, lean=lean, ff_median=float("nan"),
+                               band_n=0.0, band_fat=0.0, v=fine_voxel_ml, bmi=bmi)
 
 
 def truth_csa(
