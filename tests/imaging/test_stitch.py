@@ -13,24 +13,17 @@ from myocomp.imaging.stitch import Station, stitch, stitch_dixon, union_grid
 from myocomp.io import save_nifti
 from myocomp.synth.phantom import make_phantom
 
-AUTO_L, AUTO_R, PSOAS_L, PSOAS_R = 31, 32, 33, 34  # mrsegmentator ids
+from .helpers import AUTO_L, AUTO_R, PSOAS_L, PSOAS_R, blocky_trunk
+
 METRICS = ["volume_ml", "ff_mean", "ff_median", "lean_volume_ml", "intermat_volume_ml"]
 
 
 def trunk(seed: int = 0, shape=(20, 16, 36), spacing=(2.0, 2.0, 4.0)):
     """Water, fat, labels, affine of a small trunk whose muscles run through every station."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, dtype=np.int16)
-    labels[2:8, 2:7, 2:34] = AUTO_L
-    labels[12:18, 2:7, 2:34] = AUTO_R
-    labels[4:8, 10:14, 6:30] = PSOAS_L
-    labels[12:16, 10:14, 6:30] = PSOAS_R
-    ff = np.clip(rng.normal(0.08, 0.03, shape), 0, 1)
-    ff[rng.random(shape) < 0.1] = 0.9
-    total = 1000.0 * (1 + 0.2 * rng.random(shape))
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = [-20.0, -15.0, -60.0]
-    return (total * (1 - ff)).astype(np.float32), (total * ff).astype(np.float32), labels, affine
+    boxes = {AUTO_L: np.s_[2:8, 2:7, 2:34], AUTO_R: np.s_[12:18, 2:7, 2:34], PSOAS_L: np.s_[4:8, 10:14, 6:30],
+             PSOAS_R: np.s_[12:16, 10:14, 6:30]}
+    return blocky_trunk(seed, shape, spacing, boxes, [-20.0, -15.0, -60.0], ff=(0.08, 0.03), septa=(0.1, 0.9),
+                        gain_spread=0.2)
 
 
 def cut(data: dict[str, np.ndarray], affine: np.ndarray, z_ranges, gains) -> list[Station]:

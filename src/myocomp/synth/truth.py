@@ -39,17 +39,9 @@ def entity_ids(names: dict[int, str], groups: tuple[str, ...]) -> dict[str, list
     return entities
 
 
-def truth_metrics(
-    ff: np.ndarray,
-    labels: np.ndarray,
-    names: dict[int, str],
-    voxel_size_mm: tuple[float, float, float],
-    *,
-    bmi: float | None,
-    fat_threshold: float,
-    band_mm: float,
-    groups: tuple[str, ...],
-) -> dict[str, dict[str, float | int | None]]:
+def truth_metrics(ff: np.ndarray, labels: np.ndarray, names: dict[int, str], voxel_size_mm: tuple[float, float, float],
+                  *, bmi: float | None, fat_threshold: float, band_mm: float,
+                  groups: tuple[str, ...]) -> dict[str, dict[str, float | int | None]]:
     """Entity -> {metric: value} over the fine model (``ff``, ``labels``: (X, Y, Z) arrays).
 
     ``voxel_size_mm``: the fine voxel's edges (mm). Undefined values (an absent muscle) are None.
