@@ -184,51 +184,8 @@ def read_manifest(
     :class:`ManifestRowError` (listing every one) instead.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError("manifest not found", source=path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputFileError(
-            f"manifest cannot be read ({type(exc).__name__}: {exc})", source=path
-        ) from exc
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
-        raise ManifestError(["the file is empty (a header row is needed)"], source=path)
-    rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(path, lines[0])))
-    header = [h.strip() for h in rows[0]]
-    problems = _header_problems(header)
-    if problems:
-        raise ManifestError(problems, source=path)
-
-    base = path.parent.resolve()
-    participants: list[Participant] = []
-    row_errors: list[dict[str, str]] = []
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(rows[1:], start=2):
-        if not raw or all(not v.strip() for v in raw):
-            continue
-        if len(raw) != len(header):
-            problems.append(f"line {lineno}: {len(raw)} fields, the header has {len(header)}")
-            continue
-        row = {h: v.strip() for h, v in zip(header, raw, strict=True)}
-        row_problems: list[str] = []
-        file_problems: list[str] = []
-        participant = _parse_row(row, lineno, base, default_profile, row_problems, file_problems)
-        pid = row.get("participant_id", "")
-        if pid in seen:
-            row_problems.append(f"duplicate participant_id (first on line {seen[pid]})")
-        elif pid:
-            seen[pid] = lineno
-        label = f"line {lineno} ({pid})" if pid else f"line {lineno}"
-        problems.extend(f"{label}: {p}" for p in row_problems)
-        if row_problems:
-            continue
-        if file_problems:
-            reason = f"line {lineno}: " + "; ".join(file_problems)
-            row_errors.append({"participant_id": pid, "stage": "manifest", "reason": reason})
-        elif participant is not None:
-            participants.append(participant)
+    header, rows = _read_rows(path)
+    participants, row_errors, problems = _parse_rows(header, rows, path.parent.resolve(), default_profile)
     bad_profiles, profile_errors = _check_profiles(participants)
     problems.extend(bad_profiles)
     if problems:
@@ -310,6 +267,60 @@ def file_problem(path: Path, *, folder: bool = False) -> str | None:
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(stripped header, data rows) of a CSV/TSV manifest; an unreadable file or a bad header raises."""
+    if not path.is_file():
+        raise InputFileError("manifest not found", source=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(
+            f"manifest cannot be read ({type(exc).__name__}: {exc})", source=path
+        ) from exc
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise ManifestError(["the file is empty (a header row is needed)"], source=path)
+    rows = list(csv.reader(io.StringIO(text), delimiter=_delimiter(path, lines[0])))
+    header = [h.strip() for h in rows[0]]
+    problems = _header_problems(header)
+    if problems:
+        raise ManifestError(problems, source=path)
+    return header, rows[1:]
+
+
+def _parse_rows(header: list[str], rows: list[list[str]], base: Path, default_profile: str | None):
+    """(participants, row errors of missing files, problems of the manifest itself)."""
+    participants: list[Participant] = []
+    row_errors: list[dict[str, str]] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(rows, start=2):
+        if not raw or all(not v.strip() for v in raw):
+            continue
+        if len(raw) != len(header):
+            problems.append(f"line {lineno}: {len(raw)} fields, the header has {len(header)}")
+            continue
+        row = {h: v.strip() for h, v in zip(header, raw, strict=True)}
+        row_problems: list[str] = []
+        file_problems: list[str] = []
+        participant = _parse_row(row, lineno, base, default_profile, row_problems, file_problems)
+        pid = row.get("participant_id", "")
+        if pid in seen:
+            row_problems.append(f"duplicate participant_id (first on line {seen[pid]})")
+        elif pid:
+            seen[pid] = lineno
+        label = f"line {lineno} ({pid})" if pid else f"line {lineno}"
+        problems.extend(f"{label}: {p}" for p in row_problems)
+        if row_problems:
+            continue
+        if file_problems:
+            reason = f"line {lineno}: " + "; ".join(file_problems)
+            row_errors.append({"participant_id": pid, "stage": "manifest", "reason": reason})
+        elif participant is not None:
+            participants.append(participant)
+    return participants, row_errors, problems
 
 
 def _parse_row(
