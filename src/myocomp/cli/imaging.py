@@ -42,20 +42,6 @@ def check_image_source(water: Path | None, dicom: Path | None, *others: Path | N
         raise DataError("--fat, --in-phase and --opposed-phase go with --water, not with --dicom")
 
 
-def label_grid(label_img, grid: dict, path: Path):
-    """The label map's affine under a declared grid (--grid-from); records a replacement in ``grid``."""
-    import numpy as np
-
-    from myocomp.imaging.dixon import adopt_grid
-
-    grid_affine = np.asarray(grid["affine"])
-    change = adopt_grid(label_img.shape, label_img.affine, tuple(grid["shape"]), grid_affine, "label map",
-                        grid["from"], path)
-    if change:
-        grid["replaced"]["label map"] = change
-    return grid_affine
-
-
 def print_metrics(metrics, title: str) -> None:
     """Print the main metric columns as a plain aligned table (rich costs ~0.1 s of imports)."""
     columns = ["group", "volume_ml", "ff_mean", "lean_volume_ml", "intermat_volume_ml", "lmm"]
@@ -207,7 +193,7 @@ def _input_paths(images: dict, labels: Path, dicom, ff_map, echoes, profile: str
 def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profile: str, skip_anatomy_check: bool,
                   ff_source):
     """(DixonVolume, its signal check, LabelMap): impossible channels are refused here."""
-    from myocomp.imaging.labelmap import labelmap_from_array
+    from myocomp.imaging.labelmap import label_grid, labelmap_from_array
     from myocomp.imaging.labels import AUTO_PROFILE, get_profile
 
     label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)

@@ -13,7 +13,7 @@ import numpy as np
 
 from myocomp.errors import GeometryError, LabelError
 from myocomp.imaging.anatomy import verify_profile
-from myocomp.imaging.dixon import canonical, check_affine, load_nifti, same_grid
+from myocomp.imaging.dixon import adopt_grid, canonical, check_affine, load_nifti, same_grid
 from myocomp.imaging.labels import AUTO_PROFILE, LabelMap, LabelProfile, get_profile
 
 
@@ -68,8 +68,24 @@ def labelmap_from_array(
 def load_labels(
     path: str | Path, profile: LabelProfile | str, reference: Any | None = None, *, anatomy_check: bool = True
 ) -> LabelMap:
-    """Load a label map NIfTI (see :func:`labelmap_from_array` for the checks)."""
+    """Load a label map NIfTI (see :func:`labelmap_from_array` for the checks). Under a declared
+    shared grid (``reference.grid``, ``--grid-from``) the label map takes the grid's header too
+    (:func:`label_grid`)."""
     img = load_nifti(path, role="label map")
+    grid = getattr(reference, "grid", None)
+    affine = img.affine if grid is None else label_grid(img, grid, path)
     return labelmap_from_array(
-        np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path), anatomy_check=anatomy_check
+        np.asanyarray(img.dataobj), affine, profile, reference, source=str(path), anatomy_check=anatomy_check
     )
+
+
+def label_grid(label_img, grid: dict, path: str | Path) -> np.ndarray:
+    """The label map's affine (4 x 4) under a declared grid (``--grid-from``, a DixonVolume's
+    ``grid``): the grid's affine if :func:`~myocomp.imaging.dixon.adopt_grid` allows it, which
+    raises :class:`GeometryError` otherwise; a replaced header is recorded in ``grid``."""
+    grid_affine = np.asarray(grid["affine"])
+    change = adopt_grid(label_img.shape, label_img.affine, tuple(grid["shape"]), grid_affine, "label map",
+                        grid["from"], path)
+    if change:
+        grid["replaced"]["label map"] = change
+    return grid_affine

@@ -8,6 +8,8 @@ relative to the manifest's folder (absolute paths are kept). Columns:
     It names the participant's output folder, so it must be unique.
 Image source, exactly one per row:
     ``water`` + ``fat`` (+ optional ``in_phase``, ``opposed_phase``): NIfTI files on one grid.
+    ``grid_from`` (optional, one of these channel names) declares that they (and ``labels``)
+    share that channel's voxel grid and only their headers differ (``quantify --grid-from``).
     ``dicom_dir``: a folder holding the Dixon series (channels recognised from the headers).
     ``stations``: a folder with one NIfTI per station and channel, named
     ``<channel>_<n>.nii[.gz]`` (channel one of water, fat, in_phase, opposed_phase; n = 1, 2, ...).
@@ -62,6 +64,7 @@ COLUMNS = (
     "vertebrae",
     "vertebrae_profile",
     "height_cm",
+    "grid_from",
 )
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STATION_FILE = re.compile(r"^(water|fat|in_phase|opposed_phase)_(\d+)\.nii(\.gz)?$")
@@ -109,6 +112,7 @@ class Participant:
     vertebrae: Path | None = None
     vertebrae_profile: str | None = None
     height_cm: float | None = None
+    grid_from: str | None = None
 
     def input_files(self) -> dict[str, list[Path]]:
         """Input files by role (for hashing). A DICOM folder lists every file below it, sorted."""
@@ -356,6 +360,7 @@ def _parse_row(
         problems.append("labels given without a profile (add a profile column or --profile)")
 
     bmi = _bmi(row, problems)
+    grid_from = _parse_grid_from(row, kind, missing)
     vertebrae, vertebrae_profile, height_cm = _parse_levels(row, base, file, problems)
     if problems or not kind:
         return None
@@ -371,6 +376,7 @@ def _parse_row(
         vertebrae=vertebrae,
         vertebrae_profile=vertebrae_profile,
         height_cm=height_cm,
+        grid_from=grid_from,
     )
 
 
@@ -410,6 +416,21 @@ def _parse_images(row, kind: str, base: Path, file, problems: list[str], missing
     if kind and kind != "nifti" and any(row.get(c) for c in ("in_phase", "opposed_phase")):
         problems.append("in_phase/opposed_phase columns only go with water + fat")
     return {**channels, "dicom_dir": dicom_dir, "stations": stations, **extra}
+
+
+def _parse_grid_from(row: dict[str, str], kind: str, missing: list[str]) -> str | None:
+    """The row's declared shared grid (a channel name, or None); an unusable value is a row error."""
+    value = row.get("grid_from") or None
+    if value is None:
+        return None
+    if value not in CHANNELS:
+        missing.append(f"grid_from: {value!r} is not one of {', '.join(CHANNELS)} (or empty)")
+    elif kind and kind != "nifti":
+        source = {"dicom": "dicom_dir"}.get(kind, kind)
+        missing.append(f"grid_from: goes with water + fat NIfTI images only, not with {source}")
+    elif not row.get(value):
+        missing.append(f"grid_from: {value}, but the row has no {value} image")
+    return value
 
 
 def _parse_profile(row: dict[str, str], default_profile: str | None, base: Path, missing: list[str]) -> str | None:

@@ -10,13 +10,15 @@ predictor once (``myocomp.segment`` caches it per process) and reuses it for eve
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from myocomp.errors import LabelError, MyocompError
+from myocomp.errors import GeometryError, LabelError, MyocompError
 from myocomp.imaging.qc import QCConfig
 from myocomp.pipeline.manifest import Participant
 from myocomp.pipeline.store import ResultStore, current_hashes, fingerprint_inputs
@@ -65,6 +67,8 @@ class BatchParams:
                 "height_cm": p.height_cm,
             }
         )
+        if p.grid_from is not None:  # absent when unset: results made before the column stay current
+            d["grid_from"] = p.grid_from
         return d
 
 
@@ -96,7 +100,9 @@ def load_volume(p: Participant):
     if p.kind == "nifti":
         from myocomp.imaging.dixon import load_dixon
 
-        return load_dixon(p.water, p.fat, in_phase=p.in_phase, opposed_phase=p.opposed_phase)
+        with _grid_from_column():
+            return load_dixon(p.water, p.fat, in_phase=p.in_phase, opposed_phase=p.opposed_phase,
+                              grid_from=p.grid_from)  # fmt: skip
     if p.kind == "dicom":
         from myocomp.imaging.dicom import read_dicom_dixon
 
@@ -114,6 +120,19 @@ def load_volume(p: Participant):
     from myocomp.imaging.stitch import stitch_dixon
 
     return stitch_dixon(p.stations, source=f"{p.participant_id} stations")
+
+
+@contextmanager
+def _grid_from_column():
+    """The loaders' ``--grid-from`` (quantify's option) reworded as the manifest column ``grid_from``."""
+    try:
+        yield
+    except GeometryError as exc:
+        if "--grid-from" not in str(exc):
+            raise
+        text = re.sub(r"--grid-from (\w+) or --grid-from (\w+)", r"the manifest column grid_from (\1 or \2)",
+                      str(exc))  # fmt: skip
+        raise GeometryError(re.sub(r"--grid-from (\w+)", r"grid_from \1", text)) from exc
 
 
 def _versions() -> dict[str, str]:
@@ -203,9 +222,10 @@ def _label_map(p: Participant, dixon, params: BatchParams, clock: _Clock):
         clock.enter("labels")
         from myocomp.imaging.labelmap import load_labels
 
-        return load_labels(
-            p.labels, p.profile, reference=dixon, anatomy_check=not params.skip_anatomy_check
-        )
+        with _grid_from_column():  # under grid_from the label map takes the grid's header too
+            return load_labels(
+                p.labels, p.profile, reference=dixon, anatomy_check=not params.skip_anatomy_check
+            )
     clock.enter("segment")
     if not params.model:
         raise LabelError("no labels in the manifest row and no --model to segment with")
