@@ -15,7 +15,8 @@ import pandas as pd
 from myocomp.errors import DataError
 from myocomp.study.phenotypes import STUDY_METRICS, StudyConfig, _to_numeric, _where
 
-__all__ = ["validate_metrics", "exclude_flagged", "check_estimable", "MIN_EVENTS"]
+__all__ = ["validate_metrics", "exclude_flagged", "check_estimable", "MIN_EVENTS", "n_truncated_fov",
+           "truncated_fov_message"]
 
 #: fewest participants with, and without, CBP the main model and the nomogram need
 MIN_EVENTS = 10
@@ -66,6 +67,21 @@ def _flagged(table: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.
     return flags
 
 
+def n_truncated_fov(table: pd.DataFrame) -> int:
+    """How many participants (distinct ``participant_id``; rows without that column) carry
+    ``qc_truncated_fov``; 0 without the column."""
+    cut = _flagged(table, INFORMATIONAL_FLAGS)
+    return int(table.loc[cut, "participant_id"].nunique() if "participant_id" in table.columns else cut.sum())
+
+
+def truncated_fov_message(n: int, of: int | None = None) -> str:
+    """What the study says (command line and report) of ``n`` participants (``of`` so many) with
+    ``qc_truncated_fov``."""
+    who = f"{n:,} participant(s) with" if of is None else f"{n:,} of the {of:,} joined participants have"
+    return (f"{who} muscles cut by the field of view (qc_truncated_fov): their volumes depend on "
+            "coverage; a level group such as back_L1_L5 compares across protocols")
+
+
 def exclude_flagged(table: pd.DataFrame | None, include_flagged: bool = False,
                     say: Callable[[str], None] = lambda _m: None,
                     group: str | None = None) -> pd.DataFrame | None:
@@ -78,9 +94,7 @@ def exclude_flagged(table: pd.DataFrame | None, include_flagged: bool = False,
         flags &= table["group"].astype(str) == group
         cut &= table["group"].astype(str) == group
     if cut.any():
-        n_cut = table.loc[cut, "participant_id"].nunique() if "participant_id" in table.columns else int(cut.sum())
-        say(f"{n_cut} participant(s) with muscles cut by the field of view (qc_truncated_fov): their "
-            "volumes depend on coverage; a level group such as back_L1_L5 compares across protocols")
+        say(truncated_fov_message(n_truncated_fov(table[cut])))
     if not flags.any():
         return table
     ids = table.loc[flags, "participant_id"] if "participant_id" in table.columns else flags[flags]

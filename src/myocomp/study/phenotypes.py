@@ -443,10 +443,11 @@ def join_metrics(phenotypes: pd.DataFrame, metrics: pd.DataFrame | None, *,
             )
         keep = ["participant_id"] + [c for c in STUDY_METRICS + ("n_voxels", "voxel_volume_ml")
                                      if c in m.columns]
-        m = m[keep]
+        flags = [c for c in m.columns if str(c).startswith("qc_")]  # for the report's QC counts
+        m = m[keep + flags]
         for col in keep[1:]:
             m[col] = pd.to_numeric(m[col], errors="coerce")
-        overlap = [c for c in keep[1:] if c in phenotypes.columns]
+        overlap = [c for c in keep[1:] + flags if c in phenotypes.columns]
         joined = phenotypes.drop(columns=overlap).merge(m, on="participant_id", how="inner",
                                                         validate="one_to_one")
         ph_ids, m_ids = set(phenotypes["participant_id"]), set(m["participant_id"])

@@ -15,6 +15,7 @@ import pandas as pd
 
 from myocomp.io import write_text
 from myocomp.study.analyses import LABELS, TABLE1_GROUPS
+from myocomp.study.checks import n_truncated_fov, truncated_fov_message
 from myocomp.study.result import StudyResult
 
 __all__ = ["write_report", "render_report", "SECTIONS", "METRIC_DEFINITIONS", "software_versions",
@@ -171,7 +172,18 @@ def _key_results(result: StudyResult) -> str:
     return f'<div class="key"><ul>{"".join(items)}</ul></div>'
 
 
-def _head_and_data(result: StudyResult) -> list[str]:
+def _qc_statements(data: pd.DataFrame | None) -> list[str]:
+    """The data section's statement of the joined participants whose muscles the field of view
+    cuts (``qc_truncated_fov``: informational, never a reason to exclude); none without any."""
+    n = 0 if data is None else n_truncated_fov(data)
+    if not n:
+        return []
+    return [f"<p id='qc-truncated-fov'>QC: {html.escape(truncated_fov_message(n, of=len(data)))}. "
+            "The flag describes the field of view, not a fault of the data: these participants are "
+            "analysed, not excluded.</p>"]
+
+
+def _head_and_data(result: StudyResult, data: pd.DataFrame | None = None) -> list[str]:
     join, cfg = result.join.to_dict(), result.config
     n_cbp = int(result.tables["table1"].iloc[0]["cbp"])
     parts = [
@@ -196,7 +208,7 @@ def _head_and_data(result: StudyResult) -> list[str]:
                      f"{html.escape(', '.join(join['phenotypes_without_metrics_first']))}; "
                      f"metrics {html.escape(', '.join(join['metrics_without_phenotypes_first']))}"
                      "</p>")
-    return parts
+    return parts + _qc_statements(data)
 
 
 def _analysis_sections(result: StudyResult) -> list[str]:
@@ -323,7 +335,7 @@ def _dictionary_sections(result: StudyResult, data: pd.DataFrame | None) -> list
 
 def render_report(result: StudyResult, data: pd.DataFrame | None = None) -> str:
     """The report as one HTML string (every figure inline as base64 PNG)."""
-    parts = [*_head_and_data(result), *_analysis_sections(result), *_nomogram_sections(result),
+    parts = [*_head_and_data(result, data), *_analysis_sections(result), *_nomogram_sections(result),
              *_dictionary_sections(result, data)]
     return "\n".join(parts)
 
