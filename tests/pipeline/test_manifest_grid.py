@@ -155,3 +155,33 @@ def test_unusable_grid_from_is_that_rows_manifest_error(tmp_path: Path, row: str
     (error,) = man.row_errors
     assert error["participant_id"] == "A" and error["stage"] == "manifest"
     assert error["reason"].startswith("line 2: ") and reason in error["reason"]
+
+
+def test_real_tum_lumbar_row_with_grid_from_fat_equals_quantify(shared_data: Path, tmp_path: Path, capsys) -> None:
+    """The real case (``tum_lumbar``: the water header lost its origin): refused without the column,
+    with ``grid_from = fat`` the batch row gives ``quantify --grid-from fat``'s metrics."""
+    folder = shared_data / "real" / "tum_lumbar"
+    water, fat = folder / "TUM01_water_img_img_L2-L5.nii.gz", folder / "TUM01_fat_img_img_L2-L5.nii.gz"
+    labels = folder / "TUM01_fat_manual_label_segmentation_L2-L5.nii.gz"
+    profile = tmp_path / "tum.json"
+    profile.write_text(json.dumps({"1": "erector_spinae_right", "2": "multifidus_right",
+                                   "3": "multifidus_left", "4": "erector_spinae_left"}))
+    m = tmp_path / "m.csv"
+    m.write_text(HEADER + "".join(f"{pid},{water},{fat},{labels},{profile},25,{g}\n"
+                                  for pid, g in (("T0", ""), ("T1", "fat"))))
+    params, out = BatchParams(groups=("back",), qc_images="none"), tmp_path / "out"
+    without, with_fat = read_manifest(m).participants
+    failed = process_participant(without, out, params, "r")
+    assert (failed.status, failed.stage) == ("failed", "load")
+    assert "the manifest column grid_from (water or fat)" in failed.reason
+    assert process_participant(with_fat, out, params, "r").status == "done"
+    code = main(["quantify", "--water", str(water), "--fat", str(fat), "--labels", str(labels),
+                 "--profile", str(profile), "--groups", "back", "--bmi", "25", "--grid-from", "fat",
+                 "--out", str(tmp_path / "q.csv")])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    expected, got = pd.read_csv(tmp_path / "q.csv").set_index("group"), participant_metrics(out, "T1")
+    assert list(got.index) == list(expected.index) and "back" in got.index
+    for column in COMPARED:
+        np.testing.assert_allclose(got[column].to_numpy(float), expected[column].to_numpy(float), rtol=1e-12)
+    assert set(prov(out, "T1")["quantify"]["grid"]["replaced"]) == {"water"}
