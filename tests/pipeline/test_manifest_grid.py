@@ -18,7 +18,7 @@ import pytest
 from myocomp.cli import main
 from myocomp.imaging._nib import nib
 from myocomp.io import save_nifti
-from myocomp.pipeline.manifest import read_manifest
+from myocomp.pipeline.manifest import ManifestRowError, read_manifest
 from myocomp.pipeline.task import BatchParams, process_participant
 from myocomp.synth.phantom import write_phantom
 
@@ -155,6 +155,8 @@ def test_unusable_grid_from_is_that_rows_manifest_error(tmp_path: Path, row: str
     (error,) = man.row_errors
     assert error["participant_id"] == "A" and error["stage"] == "manifest"
     assert error["reason"].startswith("line 2: ") and reason in error["reason"]
+    with pytest.raises(ManifestRowError, match="A: line 2: grid_from: "):
+        read_manifest(m, strict=True)
 
 
 def test_real_tum_lumbar_row_with_grid_from_fat_equals_quantify(shared_data: Path, tmp_path: Path, capsys) -> None:
