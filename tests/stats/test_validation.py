@@ -270,3 +270,24 @@ def test_bootstrap_errors():
 def test_input_errors(y, s, match):
     with pytest.raises(DataError, match=match):
         delong_auc(y, s)
+
+
+def test_batched_bootstrap_equals_replicate_by_replicate(monkeypatch):
+    """The replicates evaluated together (bootstrap counts as weights) give the numbers of the
+    replicate-by-replicate refits on resampled rows, and fail where those fail (a rare level
+    not drawn makes a resample's design rank deficient)."""
+    from myocomp.stats import validation
+
+    rng = np.random.default_rng(3)
+    n = 80
+    df = pd.DataFrame({"x0": rng.normal(size=n), "x1": rng.normal(size=n).round(1),
+                       "rare": (np.arange(n) < 4).astype(float)})
+    df["y"] = rng.binomial(1, 1 / (1 + np.exp(-(0.9 * df.x0 - 0.5 * df.x1))))
+    df.loc[:3, "y"] = [1, 0, 1, 0]
+    formula = "y ~ x0 + x1 + rare"
+    fast = validate_logistic(formula, df, B=60, seed=2)
+    monkeypatch.setattr(validation, "_LogisticBatch", lambda *args: (lambda draws: {}))
+    slow = validate_logistic(formula, df, B=60, seed=2)
+    assert fast.n_failed == slow.n_failed > 0
+    pd.testing.assert_frame_equal(fast.replicates, slow.replicates, rtol=1e-11, atol=1e-13)
+    pd.testing.assert_frame_equal(fast.table, slow.table, rtol=1e-11, atol=1e-13)

@@ -15,8 +15,9 @@ length; larger scores mean the outcome is more likely.
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from scipy import stats
 
 from myocomp.errors import ConfigError, DataError
 from myocomp.stats.glmm import design_matrices
-from myocomp.stats.logistic import logistic_newton
+from myocomp.stats.logistic import column_products, logistic_newton, logistic_newton_weighted
 
 __all__ = [
     "AUCResult",
@@ -447,6 +448,46 @@ class BootstrapValidation:
 FitEval = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+def _draws(n: int, B: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Replicate number and the ``n`` row indices it draws with replacement."""
+    rng = np.random.default_rng(seed)
+    for b in range(B):
+        yield b, rng.integers(0, n, n)
+
+
+def _replicate(y: np.ndarray, idx: np.ndarray, fit_eval: FitEval) -> dict[str, float] | None:
+    """Training and test indexes of one replicate; None if its sample has one outcome class or
+    its fit fails."""
+    from statsmodels.tools.sm_exceptions import PerfectSeparationError
+
+    n, yb = len(y), y[idx]
+    if yb.min() == yb.max():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # separation/convergence in resamples
+            p_boot, p_orig = fit_eval(idx)
+            train = _indexes(yb, _probabilities(p_boot, n, "predictions (bootstrap)"))
+            test = _indexes(y, _probabilities(p_orig, n, "predictions (original)"))
+    except (np.linalg.LinAlgError, PerfectSeparationError):
+        return None
+    return _row(train, test)
+
+
+def _row(train: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for k in _METRICS:
+        row[f"{k}_training"] = train[k]
+        row[f"{k}_test"] = test[k]
+    return row
+
+
+#: replicates evaluated together by a batch evaluator
+_CHUNK = 25
+
+BatchEval = Callable[[list[tuple[int, np.ndarray]]], dict[int, dict[str, float]]]
+
+
 def _run_bootstrap(
     y: np.ndarray,
     p_apparent: np.ndarray,
@@ -454,41 +495,33 @@ def _run_bootstrap(
     B: int,
     seed: int,
     progress: Callable[[int, int], None] | None,
+    batch: BatchEval | None = None,
 ) -> BootstrapValidation:
-    from statsmodels.tools.sm_exceptions import PerfectSeparationError
-
+    """The optimism bootstrap. ``batch(draws)`` (optional) evaluates several replicates at once
+    and returns ``{replicate: row}`` for those it could; the others go to ``fit_eval``."""
     if int(B) < 1:
         raise ConfigError(f"B must be >= 1, got {B}")
-    n = len(y)
     apparent = _indexes(y, p_apparent)
-    rng = np.random.default_rng(seed)
     rows: list[dict[str, float]] = []
     failed = 0
-    for b in range(int(B)):
-        idx = rng.integers(0, n, n)
-        yb = y[idx]
-        ok = yb.min() != yb.max()
-        if ok:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # separation/convergence in resamples
-                    p_boot, p_orig = fit_eval(idx)
-                    train = _indexes(yb, _probabilities(p_boot, n, "predictions (bootstrap)"))
-                    test = _indexes(y, _probabilities(p_orig, n, "predictions (original)"))
-            except (np.linalg.LinAlgError, PerfectSeparationError):
-                ok = False
-        if ok:
-            row: dict[str, float] = {"replicate": b}
-            for k in _METRICS:
-                row[f"{k}_training"] = train[k]
-                row[f"{k}_test"] = test[k]
-            rows.append(row)
-        else:
-            failed += 1
-        if progress is not None:
-            progress(b + 1, int(B))
+    draws = _draws(len(y), int(B), seed)
+    while chunk := list(itertools.islice(draws, _CHUNK if batch else 1)):
+        done = batch(chunk) if batch is not None else {}
+        for b, idx in chunk:
+            row = done[b] if b in done else _replicate(y, idx, fit_eval)
+            if row is None:
+                failed += 1
+            else:
+                rows.append({"replicate": b, **row})
+            if progress is not None:
+                progress(b + 1, int(B))
     if not rows:
         raise DataError(f"all {B} bootstrap replicates failed to fit")
+    return _summarise(apparent, rows, int(B), int(seed), failed)
+
+
+def _summarise(apparent: dict[str, float], rows: list[dict[str, float]], B: int, seed: int,
+               failed: int) -> BootstrapValidation:
     reps = pd.DataFrame(rows)
     reps["replicate"] = reps["replicate"].astype(int)
     table = pd.DataFrame(index=pd.Index(_METRICS, name="metric"))
@@ -498,9 +531,7 @@ def _run_bootstrap(
     table["optimism"] = table["training"] - table["test"]
     table["corrected"] = table["apparent"] - table["optimism"]
     table["n"] = len(reps)
-    return BootstrapValidation(
-        table=table, replicates=reps, B=int(B), seed=int(seed), n_failed=failed
-    )
+    return BootstrapValidation(table=table, replicates=reps, B=B, seed=seed, n_failed=failed)
 
 
 def bootstrap_validation(
@@ -574,4 +605,141 @@ def validate_logistic(
         beta = fit_predict(idx, beta0)
         return prob(beta, x[idx]), prob(beta, x)
 
-    return _run_bootstrap(y, prob(beta0, x), fit_eval, B, seed, progress)
+    batch = _LogisticBatch(x, y, beta0)
+    return _run_bootstrap(y, prob(beta0, x), fit_eval, B, seed, progress, batch)
+
+
+class _LogisticBatch:
+    """Replicates of :func:`validate_logistic` evaluated together, with the bootstrap counts as
+    case weights instead of resampled rows: one weighted Newton fit per replicate
+    (:func:`logistic_newton_weighted`), one sort of its predictions for the training and the
+    test C-index, and the calibration fits of all replicates at once. The same numbers as the
+    replicate-by-replicate path up to rounding; replicates it cannot settle the same way
+    (rank-deficient resample, a fit or recalibration that does not converge) are left out of
+    its answer, for that path to handle."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, beta0: np.ndarray) -> None:
+        self.x, self.y, self.yf, self.beta0 = x, y, y.astype(float), beta0
+        self.products = column_products(x)
+
+    def _eligible(self, idx: np.ndarray, counts: np.ndarray) -> bool:
+        """Both outcome classes drawn and no column of the resample constant except one
+        non-zero one (the intercept): the rule of the replicate-by-replicate fit."""
+        events = counts @ self.yf
+        if events == 0 or events == len(idx):
+            return False
+        first = self.x[idx[0]]
+        constant = counts @ (self.x != first) == 0
+        return bool(constant.sum() <= 1 and (first[constant] != 0).all())
+
+    def __call__(self, draws: list[tuple[int, np.ndarray]]) -> dict[int, dict[str, float]]:
+        n = len(self.y)
+        counts = np.stack([np.bincount(idx, minlength=n) for _, idx in draws]).astype(float)
+        keep = np.array([self._eligible(idx, c) for (_, idx), c in zip(draws, counts,
+                                                                      strict=True)])
+        if not keep.any():
+            return {}
+        numbers = np.array([b for b, _ in draws])[keep]
+        weights = counts[keep]
+        beta, ok = logistic_newton_weighted(self.x, self.yf, weights, self.beta0,
+                                            products=self.products)
+        with np.errstate(over="ignore"):
+            prob = 1.0 / (1.0 + np.exp(-(beta @ self.x.T)))
+        ok &= np.isfinite(prob).all(axis=1)
+        train = _weighted_indexes(self.y, prob[ok], weights[ok])
+        test = _weighted_indexes(self.y, prob[ok], None)
+        good = train.pop("ok") & test.pop("ok")
+        out = {}
+        for j, b in enumerate(numbers[ok]):
+            if good[j]:
+                out[int(b)] = _row({k: float(v[j]) for k, v in train.items()},
+                                   {k: float(v[j]) for k, v in test.items()})
+        return out
+
+
+def _weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None) -> float:
+    """:func:`_auc` of the sample holding row i of (y, p) w[i] times (ties 1/2): with integer
+    weights every sum is exact, so the value is the same number."""
+    order = np.argsort(p)
+    sp = p[order]
+    first = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+    yo = y[order].astype(float)
+    pos = yo if w is None else yo * w[order]
+    neg = (1.0 - yo) if w is None else (1.0 - yo) * w[order]
+    P, N = np.add.reduceat(pos, first), np.add.reduceat(neg, first)
+    below = np.cumsum(N) - N
+    return float((P @ (below + 0.5 * N)) / (P.sum() * N.sum()))
+
+
+def _weighted_indexes(y: np.ndarray, prob: np.ndarray, weights: np.ndarray | None
+                      ) -> dict[str, np.ndarray]:
+    """:func:`_indexes` of each row of ``prob`` (k, n), each row of the data counted
+    ``weights`` (k, n) times (None: once), plus ``ok``: whether the recalibration fits
+    converged as :func:`calibration_slope_intercept`'s do."""
+    w = np.ones_like(prob) if weights is None else weights
+    yf = y.astype(float)
+    lp = _logit(prob)
+    slope, ok_slope = _batched_slope(yf, lp, w)
+    intercept, ok_int = _batched_offset_intercept(yf, lp, w)
+    return {
+        "c_index": np.array([_weighted_auc(y, p, None if weights is None else wi)
+                             for p, wi in zip(prob, w, strict=True)]),
+        "calibration_slope": slope,
+        "calibration_intercept": intercept,
+        "brier": np.sum(w * (prob - yf) ** 2, axis=1) / np.sum(w, axis=1),
+        "ok": ok_slope & ok_int,
+    }
+
+
+def _batched_slope(y: np.ndarray, lp: np.ndarray, w: np.ndarray, tol: float = 1e-9,
+                   maxiter: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Slopes ``b`` of ``logit P(y=1) = a + b lp`` per row of ``lp`` (k, n) with weights ``w``,
+    by Newton from (0, 1) with :func:`logistic_newton`'s stopping rule; and which converged."""
+    from scipy.special import expit
+
+    k = lp.shape[0]
+    a, b = np.zeros(k), np.ones(k)
+    active, ok = np.ones(k, bool), np.zeros(k, bool)
+    for _ in range(maxiter):
+        i = np.flatnonzero(active)
+        if i.size == 0:
+            break
+        q = expit(a[i, None] + b[i, None] * lp[i])
+        v, r = w[i] * q * (1.0 - q), w[i] * (y - q)
+        s0, s1, s2 = v.sum(axis=1), (v * lp[i]).sum(axis=1), (v * lp[i] ** 2).sum(axis=1)
+        g0, g1 = r.sum(axis=1), (r * lp[i]).sum(axis=1)
+        det = s0 * s2 - s1**2
+        good = (s0 > 0) & (det > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            da, db = (s2 * g0 - s1 * g1) / det, (s0 * g1 - s1 * g0) / det
+        a[i], b[i] = a[i] + da, b[i] + db
+        good &= np.isfinite(a[i]) & np.isfinite(b[i])
+        size = np.maximum(np.abs(a[i]), np.abs(b[i]))
+        done = good & (np.maximum(np.abs(da), np.abs(db)) < tol * (1.0 + size))
+        ok[i[done]] = True
+        active[i[done | ~good]] = False
+    return b, ok
+
+
+def _batched_offset_intercept(y: np.ndarray, lp: np.ndarray, w: np.ndarray
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_intercept_with_offset` per row of ``lp`` (k, n) with weights ``w``: Newton from 0
+    (its stopping rule); ``ok`` is False where it would have fallen back to bracketing."""
+    from scipy.special import expit
+
+    k = lp.shape[0]
+    a = np.zeros(k)
+    active, ok = np.ones(k, bool), np.zeros(k, bool)
+    for _ in range(30):
+        i = np.flatnonzero(active)
+        if i.size == 0:
+            break
+        q = expit(a[i, None] + lp[i])
+        step = (w[i] * (y - q)).sum(axis=1) / np.maximum((w[i] * q * (1 - q)).sum(axis=1),
+                                                         1e-300)
+        a[i] += step
+        bad = ~np.isfinite(a[i]) | (np.abs(a[i]) > 1e4)
+        done = ~bad & (np.abs(step) < 1e-12 * (1 + np.abs(a[i])))
+        ok[i[done]] = True
+        active[i[done | bad]] = False
+    return a, ok
