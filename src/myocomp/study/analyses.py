@@ -463,8 +463,6 @@ def ordinal_sensitivity(d: pd.DataFrame) -> pd.DataFrame:
     """Proportional-odds (cumulative logit) model of the pain category (0-3 / 4-6 / 7-10)
     among people with CBP, with the adjusted model's covariates and site as fixed effects
     (statsmodels ``OrderedModel``). ORs > 1 mean higher pain categories."""
-    from statsmodels.miscmodels.ordinal_model import OrderedModel
-
     sub = d[d["cbp"] == 1]
     exog_cols = ["z_intermat", "z_lmm", "age", "female", "diabetes", "dyslipidemia",
                  "osteoporosis", "osteoarthritis", "pa_low", "pa_high"]
@@ -481,7 +479,7 @@ def ordinal_sensitivity(d: pd.DataFrame) -> pd.DataFrame:
     exog = exog.loc[:, exog.std() > 0]
     endog = pd.Series(pd.Categorical(cc["pain_category"].astype(int), categories=[0, 1, 2],
                                      ordered=True), index=cc.index)
-    model = OrderedModel(endog, exog, distr="logit")
+    model = _logit_ordered_model()(endog, exog, distr="logit")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = model.fit(method="bfgs", disp=False, maxiter=500)
@@ -500,6 +498,20 @@ def ordinal_sensitivity(d: pd.DataFrame) -> pd.DataFrame:
                      "n": len(cc), "n_dropped": dropped,
                      "note": "" if res.mle_retvals.get("converged", True) else "not converged"})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _logit_ordered_model() -> type:
+    """statsmodels ``OrderedModel`` whose logistic cdf is ``scipy.special.expit`` called
+    directly: the number scipy's ``stats.logistic.cdf`` returns (its ``_cdf`` is expit), without
+    the distribution machinery around it, which is most of the fit's time (the optimiser's
+    numerical gradients evaluate the likelihood thousands of times)."""
+    from statsmodels.miscmodels.ordinal_model import OrderedModel
+
+    class LogitOrderedModel(OrderedModel):
+        def cdf(self, x: np.ndarray) -> np.ndarray:
+            return special.expit(x)
+
+    return LogitOrderedModel
 
 
 def reference_covariates(d: pd.DataFrame) -> dict[str, Any]:
