@@ -178,7 +178,8 @@ def fit_model(name: str, description: str, d: pd.DataFrame, outcome: str,
     from myocomp.stats.glmm import fit_mixed_logit
 
     formula = main_formula(outcome, (), terms)
-    cc, dropped = complete_cases(d, [outcome, "site", *_columns_of(terms)])
+    columns = [outcome, "site", *_columns_of(terms)]
+    cc, dropped = complete_cases(d[list(dict.fromkeys(columns))], columns)
     events = int(cc[outcome].sum()) if len(cc) else 0
     fit = ModelFit(name, description, formula, len(cc), events, dropped, None)
     if events < min_events or len(cc) - events < min_events:

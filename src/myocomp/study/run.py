@@ -4,10 +4,11 @@ Three stages, each a function: :func:`compute_tables` (the analyses; numbers onl
 :func:`build_model` (the contents of ``model.json``) and :func:`write_outputs` (tables, figures,
 model, report). :func:`run_study` chains them.
 
-The nomogram's bootstrap does not depend on the mixed models, so on a machine with two or more
-cores it runs in a second process while the mixed models are fitted; BLAS runs single-threaded
-in both (the matrices are 27,518 × 12: threads cost more than they give). The results do not
-depend on this: the same numbers are computed either way.
+On a machine with two or more cores the work is shared by two processes: the nomogram's
+bootstrap and the models within strata run in a second process while the other mixed models
+are fitted, and the figures are drawn by both; BLAS runs single-threaded in both (the matrices
+are 27,518 × 12: threads cost more than they give). The results do not depend on this: the
+same numbers are computed either way.
 """
 
 from __future__ import annotations
@@ -130,15 +131,31 @@ def _nomogram_tables(nomo: an.NomogramAnalysis) -> dict[str, pd.DataFrame]:
     }
 
 
+def _background_tables(d: pd.DataFrame, cfg: StudyConfig) -> tuple[an.NomogramAnalysis,
+                                                                       pd.DataFrame, dict]:
+    """The analyses of the second process: the nomogram with its bootstrap, and the models
+    within strata; with their timings (seconds)."""
+    timings: dict[str, float] = {}
+    step = _Clock(timings)
+    nomo = an.nomogram_analysis(d, cfg.bootstrap, cfg.seed)
+    step("background: nomogram and bootstrap")
+    strata = an.strata_models(d, nagq=cfg.nagq)
+    step("background: strata")
+    return nomo, strata, timings
+
+
 def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
                    progress: Callable[[str], None] | None = None) -> StudyTables:
     """Every analysis of the study on the prepared table ``d``
-    (:func:`myocomp.study.analyses.prepare_analysis_data`): tables of numbers, no files."""
+    (:func:`myocomp.study.analyses.prepare_analysis_data`): tables of numbers, no files.
+    The nomogram (bootstrap) and the strata models run in a second process when there is a
+    second core (:func:`_background`), the rest here; about the same time each."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     step = _Clock(timings)
-    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}), in the background")
-    background, pool = _background(an.nomogram_analysis, d, cfg.bootstrap, cfg.seed)
+    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}) and models within strata "
+        "(OA, OP, sex, PA), in the background")
+    background, pool = _background(_background_tables, d, cfg)
     try:
         tables: dict[str, pd.DataFrame] = {}
         say("Table 1 and physical activity")
@@ -149,9 +166,6 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         say("mixed logistic models (main, unadjusted, single marker)")
         tables["main_models"], fits = an.main_models(d, nagq=cfg.nagq)
         step("main_models")
-        say("models within strata (OA, OP, sex, PA)")
-        tables["strata_models"] = an.strata_models(d, nagq=cfg.nagq)
-        step("strata")
         say("symptom burden (mixed logistic, ordinal sensitivity)")
         tables["symptom_burden"], fits["symptom_burden"] = an.symptom_burden(
             d, cfg.symptom_threshold, cfg.nagq)
@@ -162,13 +176,16 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
          tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
             d, nagq=cfg.nagq)
         step("interaction")
-        nomo = background.result()
+        nomo, tables["strata_models"], background_timings = background.result()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     tables.update(_nomogram_tables(nomo))
-    step("waiting for the bootstrap")
+    step("waiting for the background")
+    timings.update(background_timings)
     tables["models"] = _models_table(list(fits.values()))
+    order = ["table1", "pa_prevalence", "met_spline", "main_models", "strata_models"]
+    tables = {**{k: tables[k] for k in order}, **tables}
     return StudyTables(tables=tables, fits=fits, nomogram=nomo, timings=timings)
 
 
