@@ -215,3 +215,21 @@ def test_predict_needs_height_for_height_adjusted_reference(data):
     res = predict_person(model, height_cm=180, **kwargs)
     assert np.isclose(res.linear_predictor, res.linear_predictor_model, rtol=1e-9)
     assert 0 < res.probability < 1
+
+
+def test_categorical_model_frame_fits_the_same_models(data):
+    """The text columns coded once as Categoricals (what the study's model functions do) give
+    the fits of the plain text table, also on rows that lack a PA level (the level is dropped,
+    not left as an empty column)."""
+    md = an.model_frame(data)
+    assert isinstance(md["pa_category"].dtype, pd.CategoricalDtype)
+    terms = [*an.MARKERS, *an.COVARIATES]
+    no_high = data[data["pa_category"] != "high"]
+    for frame, cat in ((data, md), (no_high, md[md["pa_category"] != "high"])):
+        a = an.fit_model("m", "", frame, "cbp", terms)
+        b = an.fit_model("m", "", cat, "cbp", terms)
+        assert a.results is not None
+        pd.testing.assert_series_equal(a.results.params, b.results.params, rtol=1e-13)
+        pd.testing.assert_series_equal(a.results.bse, b.results.bse, rtol=1e-13)
+        assert a.results.to_dict()["design"] == b.results.to_dict()["design"]
+    assert not any("high" in name for name in b.results.params.index)

@@ -170,9 +170,9 @@ def _as_categorical(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         if pd.api.types.is_string_dtype(col.dtype) and not isinstance(
             col.dtype, pd.CategoricalDtype
         ):
-            values = col.astype(object)
-            if all(isinstance(v, str) for v in values.unique()):
-                out[name] = pd.Categorical(values, categories=sorted(values.unique()))
+            levels = list(col.unique())
+            if all(isinstance(v, str) for v in levels):
+                out[name] = pd.Categorical(col, categories=sorted(levels))
     return frame.assign(**out) if out else frame
 
 
@@ -202,8 +202,7 @@ def _factor_values(info: patsy.DesignInfo, frame: pd.DataFrame) -> dict | None:
         v = factor.eval(fi.state, frame)
         if fi.type == "categorical":
             v = v.data if isinstance(v, patsy.categorical._CategoricalBox) else v
-            codes = np.asarray(pd.Categorical(np.asarray(v, dtype=object),
-                                              categories=list(fi.categories)).codes)
+            codes = _level_codes(v, list(fi.categories))
             if codes.shape != (n,) or (codes < 0).any():
                 return None
             values[factor] = codes
@@ -214,6 +213,15 @@ def _factor_values(info: patsy.DesignInfo, frame: pd.DataFrame) -> dict | None:
                 return None
             values[factor] = a.astype(float)
     return values
+
+
+def _level_codes(v: Any, categories: list) -> np.ndarray:
+    """Index of each value of ``v`` in ``categories`` (-1 if absent); a pandas Categorical
+    with these very categories is read off its codes."""
+    dtype = getattr(v, "dtype", None)
+    if isinstance(dtype, pd.CategoricalDtype) and list(dtype.categories) == categories:
+        return np.asarray(v.cat.codes if isinstance(v, pd.Series) else v.codes)
+    return np.asarray(pd.Categorical(np.asarray(v, dtype=object), categories=categories).codes)
 
 
 def _columns(info: patsy.DesignInfo, frame: pd.DataFrame) -> np.ndarray | None:

@@ -180,6 +180,8 @@ def fit_model(name: str, description: str, d: pd.DataFrame, outcome: str,
     formula = main_formula(outcome, (), terms)
     columns = [outcome, "site", *_columns_of(terms)]
     cc, dropped = complete_cases(d[list(dict.fromkeys(columns))], columns)
+    cc = cc.assign(**{c: cc[c].cat.remove_unused_categories() for c in cc.columns
+                      if isinstance(cc[c].dtype, pd.CategoricalDtype)})
     events = int(cc[outcome].sum()) if len(cc) else 0
     fit = ModelFit(name, description, formula, len(cc), events, dropped, None)
     if events < min_events or len(cc) - events < min_events:
@@ -201,6 +203,20 @@ def fit_model(name: str, description: str, d: pd.DataFrame, outcome: str,
     except (MyocompError, np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         fit.note = f"not estimable: {str(exc).splitlines()[0]}"
     return fit
+
+
+def model_frame(d: pd.DataFrame) -> pd.DataFrame:
+    """``d`` with its text columns ``pa_category`` and ``site`` as pandas Categoricals with
+    sorted levels: the levels patsy and the mixed model find in them, coded once for all the
+    study's models instead of once per model (:func:`fit_model` drops the levels a model's
+    rows lack, as a model fitted on text would not have them)."""
+    out = {}
+    for col in ("pa_category", "site"):
+        if col in d.columns and not isinstance(d[col].dtype, pd.CategoricalDtype):
+            levels = list(d[col].dropna().unique())
+            if all(isinstance(v, str) for v in levels):
+                out[col] = pd.Categorical(d[col], categories=sorted(levels))
+    return d.assign(**out) if out else d
 
 
 #: |log-odds coefficient| above which a fit is taken as separated (no finite MLE)
@@ -421,7 +437,8 @@ def main_models(d: pd.DataFrame, nagq: int = 1) -> tuple[pd.DataFrame, dict[str,
         ("intermat_only_unadjusted", "InterMAT alone, unadjusted", ["z_intermat"]),
         ("lmm_only_unadjusted", "LMM alone, unadjusted", ["z_lmm"]),
     ]
-    fits = {name: fit_model(name, desc, d, "cbp", terms, nagq=nagq) for name, desc, terms in specs}
+    md = model_frame(d)
+    fits = {name: fit_model(name, desc, md, "cbp", terms, nagq=nagq) for name, desc, terms in specs}
     table = pd.concat([odds_ratio_table(f) for f in fits.values()], ignore_index=True)
     return table, fits
 
@@ -437,6 +454,7 @@ def strata_models(d: pd.DataFrame, nagq: int = 1) -> pd.DataFrame:
         ("pa_category", [(lv, lv) for lv in PA_LEVELS], PA_TERM),
     ]
     tables = []
+    d = model_frame(d)
     for var, levels, term in strata:
         covs = [c for c in COVARIATES if c != term]
         for value, label in levels:
@@ -454,7 +472,7 @@ def symptom_burden(d: pd.DataFrame, threshold: float = 4.0, nagq: int = 1
                    ) -> tuple[pd.DataFrame, ModelFit]:
     """Moderate-to-severe symptoms (pain_intensity >= threshold) among people with CBP:
     adjusted mixed logistic model. Returns the OR table and the fit."""
-    sub = d[d["cbp"] == 1]
+    sub = model_frame(d[d["cbp"] == 1])
     fit = fit_model("symptom_burden", f"pain intensity >= {threshold:g} among CBP", sub,
                     "symptomatic", [*MARKERS, *COVARIATES], nagq=nagq)
     return odds_ratio_table(fit), fit
@@ -534,7 +552,8 @@ def interaction_analysis(d: pd.DataFrame, nagq: int = 1, grid: int = 41
     and the Z ranges).
     """
     terms = [*MARKERS, "z_intermat:z_lmm", *COVARIATES]
-    fit = fit_model("interaction", "InterMAT × LMM, adjusted", d, "cbp", terms, nagq=nagq)
+    fit = fit_model("interaction", "InterMAT × LMM, adjusted", model_frame(d), "cbp", terms,
+                    nagq=nagq)
     table = odds_ratio_table(fit)
     z = np.linspace(-2.0, 2.0, grid)
     zi, zl = np.meshgrid(z, z, indexing="ij")
