@@ -628,8 +628,7 @@ def fit_logistic(
     coded 0/1. ``labels`` maps column names to display names.
     """
     import patsy
-    import statsmodels.api as sm
-    import statsmodels.formula.api as smf
+    from statsmodels.discrete.discrete_model import Logit
     from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
     if not 0.0 <= quantiles[0] < quantiles[1] <= 1.0:
@@ -649,12 +648,12 @@ def fit_logistic(
     complete = data.loc[x.index]
     specs = _specs_from_design(x.design_info, complete, quantiles, labels)
     try:
-        result = smf.logit(formula, data, missing="drop").fit(disp=0, maxiter=200)
+        result = Logit.from_formula(formula, data, missing="drop").fit(disp=0, maxiter=200)
     except (PerfectSeparationError, np.linalg.LinAlgError) as exc:
         raise DataError(f"logistic model {formula!r} cannot be fitted: {exc}") from exc
     if list(result.params.index) != list(x.columns):
         # a non-patsy formula engine named the columns differently: refit on our design
-        result = sm.Logit(y.iloc[:, 0], x).fit(disp=0, maxiter=200)
+        result = Logit(y.iloc[:, 0], x).fit(disp=0, maxiter=200)
     if not result.mle_retvals.get("converged", True):
         warnings.warn(
             f"logistic model {formula!r} did not converge (separation?); check the estimates",

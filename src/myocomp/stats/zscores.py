@@ -240,7 +240,7 @@ def _fit_one(data: pd.DataFrame, metric: str, method: str, height: bool) -> dict
     sex = _sex(data)
     if method == "sex":
         return {s: _mean_sd(x[sex == s], f"metric {metric!r} among sex == {s!r}") for s in SEXES}
-    import statsmodels.api as sm
+    from statsmodels.regression.linear_model import OLS
 
     cols = {
         "Intercept": np.ones(len(x)),
@@ -260,7 +260,7 @@ def _fit_one(data: pd.DataFrame, metric: str, method: str, height: bool) -> dict
             f"metric {metric!r}: age_sex model is not identifiable "
             "(both sexes and varying age are needed)"
         )
-    fit = sm.OLS(x[ok], X.to_numpy()[ok]).fit()
+    fit = OLS(x[ok], X.to_numpy()[ok]).fit()
     resid_sd = float(np.std(fit.resid, ddof=1))
     if not resid_sd > 0 or not math.isfinite(resid_sd):
         raise DataError(f"metric {metric!r}: residual SD is 0")

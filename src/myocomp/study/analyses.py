@@ -400,15 +400,15 @@ def met_spline(d: pd.DataFrame, outcome: str = "cbp", df: int = 4, n_grid: int =
     Returns the grid: met_min_week, probability, lower, upper (95 % CI from the delta method
     on the log-odds scale), and ``p_nonlinear`` (likelihood-ratio test against a linear
     term, same on every row)."""
-    import statsmodels.api as sm
-    import statsmodels.formula.api as smf
+    from statsmodels.genmod.families import Binomial
+    from statsmodels.genmod.generalized_linear_model import GLM
 
     cc = d.dropna(subset=["met_min_week", outcome])[["met_min_week", outcome]].copy()
     cc["log_met"] = np.log10(cc["met_min_week"] + 1.0)
-    fam = sm.families.Binomial()
-    spline = smf.glm(f"{outcome} ~ cr(log_met, df={int(df)}, constraints='center')", cc,
-                     family=fam).fit()
-    linear = smf.glm(f"{outcome} ~ log_met", cc, family=fam).fit()
+    fam = Binomial()
+    spline = GLM.from_formula(f"{outcome} ~ cr(log_met, df={int(df)}, constraints='center')",
+                              cc, family=fam).fit()
+    linear = GLM.from_formula(f"{outcome} ~ log_met", cc, family=fam).fit()
     lr = 2.0 * (spline.llf - linear.llf)
     p_nl = float(stats.chi2.sf(lr, spline.df_model - linear.df_model))
     lo, hi = np.quantile(cc["log_met"], [0.005, 0.995])
@@ -443,16 +443,23 @@ def main_models(d: pd.DataFrame, nagq: int = 1) -> tuple[pd.DataFrame, dict[str,
     return table, fits
 
 
-def strata_models(d: pd.DataFrame, nagq: int = 1) -> pd.DataFrame:
+#: the strata of :func:`strata_models`: variable, (value, label) of each level, and the term
+#: that leaves the model
+STRATA: tuple[tuple[str, tuple[tuple[Any, str], ...], str], ...] = (
+    ("osteoarthritis", ((1.0, "yes"), (0.0, "no")), "osteoarthritis"),
+    ("osteoporosis", ((1.0, "yes"), (0.0, "no")), "osteoporosis"),
+    ("sex", (("female", "female"), ("male", "male")), "female"),
+    ("pa_category", tuple((lv, lv) for lv in PA_LEVELS), PA_TERM),
+)
+
+
+def strata_models(d: pd.DataFrame, nagq: int = 1,
+                  variables: Sequence[str] | None = None) -> pd.DataFrame:
     """The adjusted main model within strata of osteoarthritis, osteoporosis, sex and PA
-    category (the stratifying variable leaves the model). OR table of the two markers with a
-    ``stratum`` and ``level`` column."""
-    strata = [
-        ("osteoarthritis", [(1.0, "yes"), (0.0, "no")], "osteoarthritis"),
-        ("osteoporosis", [(1.0, "yes"), (0.0, "no")], "osteoporosis"),
-        ("sex", [("female", "female"), ("male", "male")], "female"),
-        ("pa_category", [(lv, lv) for lv in PA_LEVELS], PA_TERM),
-    ]
+    category (the stratifying variable leaves the model; ``variables``: only these strata, in
+    this order). OR table of the two markers with a ``stratum`` and ``level`` column."""
+    chosen = [s[0] for s in STRATA] if variables is None else list(variables)
+    strata = [next(s for s in STRATA if s[0] == v) for v in chosen]
     tables = []
     d = model_frame(d)
     for var, levels, term in strata:

@@ -131,6 +131,10 @@ def _nomogram_tables(nomo: an.NomogramAnalysis) -> dict[str, pd.DataFrame]:
     }
 
 
+#: the strata fitted in the second process; the others are fitted here (balance of the work)
+_BACKGROUND_STRATA = ("osteoarthritis", "osteoporosis", "sex")
+
+
 def _background_tables(d: pd.DataFrame, cfg: StudyConfig) -> tuple[an.NomogramAnalysis,
                                                                        pd.DataFrame, dict]:
     """The analyses of the second process: the nomogram with its bootstrap, and the models
@@ -139,7 +143,7 @@ def _background_tables(d: pd.DataFrame, cfg: StudyConfig) -> tuple[an.NomogramAn
     step = _Clock(timings)
     nomo = an.nomogram_analysis(d, cfg.bootstrap, cfg.seed)
     step("background: nomogram and bootstrap")
-    strata = an.strata_models(d, nagq=cfg.nagq)
+    strata = an.strata_models(d, nagq=cfg.nagq, variables=_BACKGROUND_STRATA)
     step("background: strata")
     return nomo, strata, timings
 
@@ -148,13 +152,15 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
                    progress: Callable[[str], None] | None = None) -> StudyTables:
     """Every analysis of the study on the prepared table ``d``
     (:func:`myocomp.study.analyses.prepare_analysis_data`): tables of numbers, no files.
-    The nomogram (bootstrap) and the strata models run in a second process when there is a
+    The nomogram (bootstrap) and most strata models run in a second process when there is a
     second core (:func:`_background`), the rest here; about the same time each."""
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     step = _Clock(timings)
     say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}) and models within strata "
-        "(OA, OP, sex, PA), in the background")
+        "(OA, OP, sex), in the background")
+    import statsmodels.discrete.discrete_model  # noqa: F401  (both processes need statsmodels)
+
     background, pool = _background(_background_tables, d, cfg)
     try:
         tables: dict[str, pd.DataFrame] = {}
@@ -176,7 +182,12 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
          tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
             d, nagq=cfg.nagq)
         step("interaction")
-        nomo, tables["strata_models"], background_timings = background.result()
+        say("models within the PA strata")
+        others = [s[0] for s in an.STRATA if s[0] not in _BACKGROUND_STRATA]
+        strata_here = an.strata_models(d, nagq=cfg.nagq, variables=others)
+        step("strata (PA)")
+        nomo, strata, background_timings = background.result()
+        tables["strata_models"] = pd.concat([strata, strata_here], ignore_index=True)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
