@@ -483,7 +483,7 @@ def _row(train: dict[str, float], test: dict[str, float]) -> dict[str, float]:
 
 
 #: replicates evaluated together by a batch evaluator
-_CHUNK = 25
+_CHUNK = 10
 
 BatchEval = Callable[[list[tuple[int, np.ndarray]]], dict[int, dict[str, float]]]
 

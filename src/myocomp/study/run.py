@@ -131,21 +131,28 @@ def _nomogram_tables(nomo: an.NomogramAnalysis) -> dict[str, pd.DataFrame]:
     }
 
 
+#: the order of the study's tables (tables/*.csv, the report)
+_TABLE_ORDER = ("table1", "pa_prevalence", "met_spline", "main_models", "strata_models",
+                "symptom_burden", "symptom_ordinal", "interaction_model", "interaction_predicted",
+                "interaction_observed")
+
 #: the strata fitted in the second process; the others are fitted here (balance of the work)
-_BACKGROUND_STRATA = ("osteoarthritis", "osteoporosis", "sex")
+_BACKGROUND_STRATA = ("osteoarthritis", "osteoporosis")
 
 
-def _background_tables(d: pd.DataFrame, cfg: StudyConfig) -> tuple[an.NomogramAnalysis,
-                                                                       pd.DataFrame, dict]:
-    """The analyses of the second process: the nomogram with its bootstrap, and the models
-    within strata; with their timings (seconds)."""
+def _background_tables(d: pd.DataFrame, cfg: StudyConfig
+                       ) -> tuple[an.NomogramAnalysis, pd.DataFrame, pd.DataFrame, dict]:
+    """The analyses of the second process: the nomogram with its bootstrap, the models within
+    some strata and the ordinal sensitivity model; with their timings (seconds)."""
     timings: dict[str, float] = {}
     step = _Clock(timings)
     nomo = an.nomogram_analysis(d, cfg.bootstrap, cfg.seed)
     step("background: nomogram and bootstrap")
     strata = an.strata_models(d, nagq=cfg.nagq, variables=_BACKGROUND_STRATA)
     step("background: strata")
-    return nomo, strata, timings
+    ordinal = an.ordinal_sensitivity(d)
+    step("background: ordinal")
+    return nomo, strata, ordinal, timings
 
 
 def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
@@ -157,8 +164,8 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     step = _Clock(timings)
-    say(f"nomogram and validation (bootstrap B = {cfg.bootstrap}) and models within strata "
-        "(OA, OP, sex), in the background")
+    say(f"in the background: nomogram and validation (bootstrap B = {cfg.bootstrap}), models "
+        "within the OA and OP strata, ordinal sensitivity model")
     import statsmodels.discrete.discrete_model  # noqa: F401  (both processes need statsmodels)
 
     background, pool = _background(_background_tables, d, cfg)
@@ -172,21 +179,20 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         say("mixed logistic models (main, unadjusted, single marker)")
         tables["main_models"], fits = an.main_models(d, nagq=cfg.nagq)
         step("main_models")
-        say("symptom burden (mixed logistic, ordinal sensitivity)")
+        say("symptom burden (mixed logistic; the ordinal sensitivity model in the background)")
         tables["symptom_burden"], fits["symptom_burden"] = an.symptom_burden(
             d, cfg.symptom_threshold, cfg.nagq)
-        tables["symptom_ordinal"] = an.ordinal_sensitivity(d)
         step("symptom_burden")
         say("InterMAT × LMM interaction")
         (tables["interaction_model"], tables["interaction_predicted"],
          tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
             d, nagq=cfg.nagq)
         step("interaction")
-        say("models within the PA strata")
+        say("models within the sex and PA strata")
         others = [s[0] for s in an.STRATA if s[0] not in _BACKGROUND_STRATA]
         strata_here = an.strata_models(d, nagq=cfg.nagq, variables=others)
-        step("strata (PA)")
-        nomo, strata, background_timings = background.result()
+        step("strata (sex, PA)")
+        nomo, strata, tables["symptom_ordinal"], background_timings = background.result()
         tables["strata_models"] = pd.concat([strata, strata_here], ignore_index=True)
     finally:
         if pool is not None:
@@ -195,8 +201,7 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
     step("waiting for the background")
     timings.update(background_timings)
     tables["models"] = _models_table(list(fits.values()))
-    order = ["table1", "pa_prevalence", "met_spline", "main_models", "strata_models"]
-    tables = {**{k: tables[k] for k in order}, **tables}
+    tables = {**{k: tables[k] for k in _TABLE_ORDER if k in tables}, **tables}
     return StudyTables(tables=tables, fits=fits, nomogram=nomo, timings=timings)
 
 
