@@ -621,6 +621,7 @@ class _LogisticBatch:
     def __init__(self, x: np.ndarray, y: np.ndarray, beta0: np.ndarray) -> None:
         self.x, self.y, self.yf, self.beta0 = x, y, y.astype(float), beta0
         self.products = column_products(x)
+        self.test_start = (0.0, 1.0, 0.0)  # recalibration (a, b) and offset intercept
 
     def _eligible(self, idx: np.ndarray, counts: np.ndarray) -> bool:
         """Both outcome classes drawn and no column of the resample constant except one
@@ -629,7 +630,9 @@ class _LogisticBatch:
         if events == 0 or events == len(idx):
             return False
         first = self.x[idx[0]]
-        constant = counts @ (self.x != first) == 0
+        unsure = ~(self.x[idx[:16]] != first).any(axis=0)  # columns the first draws leave open
+        constant = np.zeros(len(first), bool)
+        constant[unsure] = counts @ (self.x[:, unsure] != first[unsure]) == 0
         return bool(constant.sum() <= 1 and (first[constant] != 0).all())
 
     def __call__(self, draws: list[tuple[int, np.ndarray]]) -> dict[int, dict[str, float]]:
@@ -646,59 +649,75 @@ class _LogisticBatch:
         with np.errstate(over="ignore"):
             prob = 1.0 / (1.0 + np.exp(-(beta @ self.x.T)))
         ok &= np.isfinite(prob).all(axis=1)
-        train = _weighted_indexes(self.y, prob[ok], weights[ok])
-        test = _weighted_indexes(self.y, prob[ok], None)
+        prob, weights, numbers = prob[ok], weights[ok], numbers[ok]
+        lp = _logit(prob)
+        auc_train, auc_test = _weighted_aucs(self.y, prob, weights)
+        train = _weighted_indexes(self.yf, prob, lp, weights, auc_train, (0.0, 1.0, 0.0))
+        test = _weighted_indexes(self.yf, prob, lp, None, auc_test, self.test_start)
         good = train.pop("ok") & test.pop("ok")
+        if good.any():  # the next batch starts its recalibrations near these
+            self.test_start = tuple(float(np.mean(test[k][good])) for k in
+                                    ("recalibration_intercept", "calibration_slope",
+                                     "calibration_intercept"))
         out = {}
-        for j, b in enumerate(numbers[ok]):
+        for j, b in enumerate(numbers):
             if good[j]:
-                out[int(b)] = _row({k: float(v[j]) for k, v in train.items()},
-                                   {k: float(v[j]) for k, v in test.items()})
+                out[int(b)] = _row({k: float(train[k][j]) for k in _METRICS},
+                                   {k: float(test[k][j]) for k in _METRICS})
         return out
 
 
-def _weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None) -> float:
-    """:func:`_auc` of the sample holding row i of (y, p) w[i] times (ties 1/2): with integer
-    weights every sum is exact, so the value is the same number."""
-    order = np.argsort(p)
-    sp = p[order]
-    first = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
-    yo = y[order].astype(float)
-    pos = yo if w is None else yo * w[order]
-    neg = (1.0 - yo) if w is None else (1.0 - yo) * w[order]
-    P, N = np.add.reduceat(pos, first), np.add.reduceat(neg, first)
-    below = np.cumsum(N) - N
-    return float((P @ (below + 0.5 * N)) / (P.sum() * N.sum()))
-
-
-def _weighted_indexes(y: np.ndarray, prob: np.ndarray, weights: np.ndarray | None
-                      ) -> dict[str, np.ndarray]:
-    """:func:`_indexes` of each row of ``prob`` (k, n), each row of the data counted
-    ``weights`` (k, n) times (None: once), plus ``ok``: whether the recalibration fits
-    converged as :func:`calibration_slope_intercept`'s do."""
-    w = np.ones_like(prob) if weights is None else weights
+def _weighted_aucs(y: np.ndarray, prob: np.ndarray, weights: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_auc` of each row of ``prob`` (k, n) on the sample holding row i of the data
+    ``weights[k, i]`` times, and on the data themselves (ties 1/2), from one sort of each
+    row. With integer weights every sum is exact: the same numbers as the midranks give."""
+    train, test = np.empty(len(prob)), np.empty(len(prob))
     yf = y.astype(float)
-    lp = _logit(prob)
-    slope, ok_slope = _batched_slope(yf, lp, w)
-    intercept, ok_int = _batched_offset_intercept(yf, lp, w)
+    for j, (p, w) in enumerate(zip(prob, weights, strict=True)):
+        order = np.argsort(p)
+        sp = p[order]
+        first = np.flatnonzero(np.r_[True, sp[1:] != sp[:-1]])
+        yo, wo = yf[order], w[order]
+        for out, pos, neg in ((train, yo * wo, (1.0 - yo) * wo), (test, yo, 1.0 - yo)):
+            if len(first) < len(p):  # ties
+                pos, neg = np.add.reduceat(pos, first), np.add.reduceat(neg, first)
+            below = np.cumsum(neg) - neg
+            out[j] = (pos @ (below + 0.5 * neg)) / (pos.sum() * neg.sum())
+    return train, test
+
+
+def _weighted_indexes(y: np.ndarray, prob: np.ndarray, lp: np.ndarray,
+                      weights: np.ndarray | None, c_index: np.ndarray,
+                      start: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """:func:`_indexes` of each row of ``prob`` (k, n) with logits ``lp`` and C-index
+    ``c_index``, each row of the data counted ``weights`` (k, n) times (None: once), plus
+    ``ok``: whether the recalibration fits converged as :func:`calibration_slope_intercept`'s
+    do. ``start``: the recalibration's (a, b) and the offset intercept to start Newton from
+    (they converge to the same numbers from any start near enough)."""
+    w = np.ones_like(prob) if weights is None else weights
+    slope_a, slope, ok_slope = _batched_slope(y, lp, w, start[:2])
+    intercept, ok_int = _batched_offset_intercept(y, lp, w, start[2])
     return {
-        "c_index": np.array([_weighted_auc(y, p, None if weights is None else wi)
-                             for p, wi in zip(prob, w, strict=True)]),
+        "c_index": c_index,
         "calibration_slope": slope,
         "calibration_intercept": intercept,
-        "brier": np.sum(w * (prob - yf) ** 2, axis=1) / np.sum(w, axis=1),
+        "recalibration_intercept": slope_a,
+        "brier": np.sum(w * (prob - y) ** 2, axis=1) / np.sum(w, axis=1),
         "ok": ok_slope & ok_int,
     }
 
 
-def _batched_slope(y: np.ndarray, lp: np.ndarray, w: np.ndarray, tol: float = 1e-9,
-                   maxiter: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Slopes ``b`` of ``logit P(y=1) = a + b lp`` per row of ``lp`` (k, n) with weights ``w``,
-    by Newton from (0, 1) with :func:`logistic_newton`'s stopping rule; and which converged."""
+def _batched_slope(y: np.ndarray, lp: np.ndarray, w: np.ndarray,
+                   start: tuple[float, float] = (0.0, 1.0), tol: float = 1e-9,
+                   maxiter: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(a, b)`` of ``logit P(y=1) = a + b lp`` per row of ``lp`` (k, n) with weights ``w``,
+    by Newton from ``start`` with :func:`logistic_newton`'s stopping rule; and which
+    converged."""
     from scipy.special import expit
 
     k = lp.shape[0]
-    a, b = np.zeros(k), np.ones(k)
+    a, b = np.full(k, float(start[0])), np.full(k, float(start[1]))
     active, ok = np.ones(k, bool), np.zeros(k, bool)
     for _ in range(maxiter):
         i = np.flatnonzero(active)
@@ -718,17 +737,18 @@ def _batched_slope(y: np.ndarray, lp: np.ndarray, w: np.ndarray, tol: float = 1e
         done = good & (np.maximum(np.abs(da), np.abs(db)) < tol * (1.0 + size))
         ok[i[done]] = True
         active[i[done | ~good]] = False
-    return b, ok
+    return a, b, ok
 
 
-def _batched_offset_intercept(y: np.ndarray, lp: np.ndarray, w: np.ndarray
-                              ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_intercept_with_offset` per row of ``lp`` (k, n) with weights ``w``: Newton from 0
-    (its stopping rule); ``ok`` is False where it would have fallen back to bracketing."""
+def _batched_offset_intercept(y: np.ndarray, lp: np.ndarray, w: np.ndarray,
+                              start: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_intercept_with_offset` per row of ``lp`` (k, n) with weights ``w``: Newton from
+    ``start`` (its stopping rule); ``ok`` is False where the Newton steps did not converge (it
+    would have fallen back to bracketing)."""
     from scipy.special import expit
 
     k = lp.shape[0]
-    a = np.zeros(k)
+    a = np.full(k, float(start))
     active, ok = np.ones(k, bool), np.zeros(k, bool)
     for _ in range(30):
         i = np.flatnonzero(active)
