@@ -137,7 +137,7 @@ _TABLE_ORDER = ("table1", "pa_prevalence", "met_spline", "main_models", "strata_
                 "interaction_observed")
 
 #: the strata fitted in the second process; the others are fitted here (balance of the work)
-_BACKGROUND_STRATA = ("osteoarthritis", "osteoporosis")
+_BACKGROUND_STRATA = ("osteoarthritis", "osteoporosis", "sex")
 
 
 def _background_tables(d: pd.DataFrame, cfg: StudyConfig
@@ -165,7 +165,7 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
     timings: dict[str, float] = {}
     step = _Clock(timings)
     say(f"in the background: nomogram and validation (bootstrap B = {cfg.bootstrap}), models "
-        "within the OA and OP strata, ordinal sensitivity model")
+        "within the OA, OP and sex strata, ordinal sensitivity model")
     import statsmodels.discrete.discrete_model  # noqa: F401  (both processes need statsmodels)
 
     background, pool = _background(_background_tables, d, cfg)
@@ -188,10 +188,10 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
          tables["interaction_observed"], fits["interaction"]) = an.interaction_analysis(
             d, nagq=cfg.nagq)
         step("interaction")
-        say("models within the sex and PA strata")
+        say("models within the PA strata")
         others = [s[0] for s in an.STRATA if s[0] not in _BACKGROUND_STRATA]
         strata_here = an.strata_models(d, nagq=cfg.nagq, variables=others)
-        step("strata (sex, PA)")
+        step("strata (PA)")
         nomo, strata, tables["symptom_ordinal"], background_timings = background.result()
         tables["strata_models"] = pd.concat([strata, strata_here], ignore_index=True)
     finally:
