@@ -235,14 +235,20 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
     }
 
 
-def _nomogram_and_pa_figures(nomo: an.NomogramAnalysis, prevalence: pd.DataFrame,
-                             spline: pd.DataFrame, pa_breaks: tuple[float, float], fdir: Path
-                             ) -> dict[str, Path]:
+def _second_figures(nomo: an.NomogramAnalysis, tables: dict[str, pd.DataFrame],
+                    cfg: StudyConfig, fdir: Path) -> dict[str, Path]:
+    """The figures drawn in the second process: nomogram, PA, calibration, ROC, and the
+    forest plots of the strata and of the symptom burden."""
     fg.pyplot()  # the study's matplotlib style, also in a freshly forked process
     plot_nomogram(nomo.nomogram, fdir / "nomogram.png", fdir / "nomogram.svg",
                   outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
+    sym = pd.concat([
+        tables["symptom_burden"].assign(row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
+        tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
+    ], ignore_index=True)
     return {
-        "pa": fg.plot_pa(prevalence, spline, fdir / "pa.png", pa_breaks),
+        "pa": fg.plot_pa(tables["pa_prevalence"], tables["met_spline"], fdir / "pa.png",
+                         cfg.pa_breaks),
         "nomogram": fdir / "nomogram.png",
         "nomogram_svg": fdir / "nomogram.svg",
         "calibration": fg.plot_calibration(
@@ -250,32 +256,28 @@ def _nomogram_and_pa_figures(nomo: an.NomogramAnalysis, prevalence: pd.DataFrame
             title="Calibration of the nomogram model", fit=nomo.calibration),
         "roc": fg.plot_roc(nomo.y, nomo.probability, fdir / "roc.png",
                            title="ROC of the nomogram model"),
+        "forest_strata": fg.plot_strata(tables["strata_models"], fdir / "forest_strata.png"),
+        "forest_symptoms": fg.plot_forest(
+            sym, fdir / "forest_symptoms.png", row_label="row",
+            title="Symptom burden among participants with CBP"),
     }
 
 
 def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path
                   ) -> dict[str, Path]:
-    """Draw every figure of the study into ``fdir`` (four of them in a second process when
+    """Draw every figure of the study into ``fdir`` (seven of them in a second process when
     there is a second core); returns name -> path."""
     tables = computed.tables
     fg.pyplot()  # imported once, before the fork
-    others, pool = _background(_nomogram_and_pa_figures, computed.nomogram,
-                               tables["pa_prevalence"], tables["met_spline"], cfg.pa_breaks, fdir)
+    needed = ("symptom_burden", "symptom_ordinal", "pa_prevalence", "met_spline",
+              "strata_models")
+    others, pool = _background(_second_figures, computed.nomogram,
+                               {k: tables[k] for k in needed}, cfg, fdir)
     try:
         figs: dict[str, Path] = {}
         figs["forest_main"] = fg.plot_forest(
             tables["main_models"], fdir / "forest_main.png", row_label="description",
             title="Association of back-muscle composition with CBP (mixed logistic models)")
-        figs["forest_strata"] = fg.plot_strata(tables["strata_models"],
-                                               fdir / "forest_strata.png")
-        sym = pd.concat([
-            tables["symptom_burden"].assign(
-                row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
-            tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
-        ], ignore_index=True)
-        figs["forest_symptoms"] = fg.plot_forest(
-            sym, fdir / "forest_symptoms.png", row_label="row",
-            title="Symptom burden among participants with CBP")
         figs["interaction"] = fg.plot_interaction(
             tables["interaction_predicted"], tables["interaction_observed"],
             fdir / "interaction.png", an.reference_covariates(d))
