@@ -7,7 +7,9 @@ tables are reproducible.
 Runs the study twice on the same cohort: the first run is timed (per step, and the total
 against a baseline from the same run: one plain statsmodels ``Logit`` of the main model's
 design, i.e. the study costs "so many plain logistic fits"; target: the study <= 8 s); the
-second run's tables must equal the first's (determinism). ``--reference DIR`` also compares
+second run's tables must equal the first's (determinism). The CPU seconds of this process and
+of the second process the study forks are printed with the machine's load average: on a
+shared machine they bound the wall time on an idle one. ``--reference DIR`` also compares
 every table with ``DIR/<name>.csv`` (e.g. ``tables/`` of an earlier version's run of
 ``myocomp synth-cohort --n 27518 --seed 0`` + ``myocomp study``), printing the largest
 difference relative to max(1, |value|) (target <= 1e-8).
@@ -16,6 +18,7 @@ difference relative to max(1, |value|) (target <= 1e-8).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import warnings
@@ -79,17 +82,23 @@ def main() -> None:
     t_logit = time.perf_counter() - t0
     print(f"baseline: one statsmodels Logit of the main design: {t_logit:.3f} s")
     config = {"options": {"bootstrap": args.bootstrap, "seed": 0}}
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         out1 = args.keep or Path(tmp) / "run1"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), os.times()
             first = run_study(cohort, config=config, out_dir=out1)
-            t_study = time.perf_counter() - t0
+            t_study, c1 = time.perf_counter() - t0, os.times()
             second = run_study(cohort, config=config, out_dir=Path(tmp) / "run2")
     steps = ", ".join(f"{k} {v:.2f}" for k, v in first.timings.items())
     print(f"study: {t_study:.2f} s = {t_study / t_logit:.0f} Logit fits "
           f"(target <= 8 s: {'met' if t_study <= 8 else 'MISSED'}); steps (s): {steps}")
+    main_cpu = c1.user - c0.user + c1.system - c0.system
+    second_cpu = (c1.children_user - c0.children_user + c1.children_system
+                  - c0.children_system)
+    print(f"CPU: this process {main_cpu:.2f} s, second process(es) {second_cpu:.2f} s; machine "
+          f"load average before the run {load:.2f} on {os.cpu_count()} cores")
     same = max(table_difference(second.tables[k], t) for k, t in first.tables.items())
     print(f"determinism: largest difference between the two runs' tables: {same:.1e} "
           f"({'identical' if same == 0 else 'DIFFERENT'})")
