@@ -141,18 +141,16 @@ _BACKGROUND_STRATA = ("osteoarthritis", "osteoporosis", "sex")
 
 
 def _background_tables(d: pd.DataFrame, cfg: StudyConfig
-                       ) -> tuple[an.NomogramAnalysis, pd.DataFrame, pd.DataFrame, dict]:
-    """The analyses of the second process: the nomogram with its bootstrap, the models within
-    some strata and the ordinal sensitivity model; with their timings (seconds)."""
+                       ) -> tuple[an.NomogramAnalysis, pd.DataFrame, dict]:
+    """The analyses of the second process: the nomogram with its bootstrap and the models
+    within some strata; with their timings (seconds)."""
     timings: dict[str, float] = {}
     step = _Clock(timings)
     nomo = an.nomogram_analysis(d, cfg.bootstrap, cfg.seed)
     step("background: nomogram and bootstrap")
     strata = an.strata_models(d, nagq=cfg.nagq, variables=_BACKGROUND_STRATA)
     step("background: strata")
-    ordinal = an.ordinal_sensitivity(d)
-    step("background: ordinal")
-    return nomo, strata, ordinal, timings
+    return nomo, strata, timings
 
 
 def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
@@ -165,7 +163,7 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
     timings: dict[str, float] = {}
     step = _Clock(timings)
     say(f"in the background: nomogram and validation (bootstrap B = {cfg.bootstrap}), models "
-        "within the OA, OP and sex strata, ordinal sensitivity model")
+        "within the OA, OP and sex strata")
     import statsmodels.discrete.discrete_model  # noqa: F401  (both processes need statsmodels)
 
     background, pool = _background(_background_tables, d, cfg)
@@ -179,9 +177,10 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         say("mixed logistic models (main, unadjusted, single marker)")
         tables["main_models"], fits = an.main_models(d, nagq=cfg.nagq)
         step("main_models")
-        say("symptom burden (mixed logistic; the ordinal sensitivity model in the background)")
+        say("symptom burden (mixed logistic, ordinal sensitivity)")
         tables["symptom_burden"], fits["symptom_burden"] = an.symptom_burden(
             d, cfg.symptom_threshold, cfg.nagq)
+        tables["symptom_ordinal"] = an.ordinal_sensitivity(d)
         step("symptom_burden")
         say("InterMAT × LMM interaction")
         (tables["interaction_model"], tables["interaction_predicted"],
@@ -192,7 +191,7 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         others = [s[0] for s in an.STRATA if s[0] not in _BACKGROUND_STRATA]
         strata_here = an.strata_models(d, nagq=cfg.nagq, variables=others)
         step("strata (PA)")
-        nomo, strata, tables["symptom_ordinal"], background_timings = background.result()
+        nomo, strata, background_timings = background.result()
         tables["strata_models"] = pd.concat([strata, strata_here], ignore_index=True)
     finally:
         if pool is not None:
