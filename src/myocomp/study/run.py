@@ -236,40 +236,28 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
 
 def _second_figures(nomo: an.NomogramAnalysis, tables: dict[str, pd.DataFrame],
                     cfg: StudyConfig, fdir: Path) -> dict[str, Path]:
-    """The figures drawn in the second process: nomogram, PA, calibration, ROC, and the
-    forest plots of the strata and of the symptom burden."""
+    """The figures drawn in the second process: nomogram, PA, and the forest plot of the
+    strata."""
     fg.pyplot()  # the study's matplotlib style, also in a freshly forked process
     plot_nomogram(nomo.nomogram, fdir / "nomogram.png", fdir / "nomogram.svg",
                   outcome_label="Probability of CBP", title="Nomogram for chronic back pain")
-    sym = pd.concat([
-        tables["symptom_burden"].assign(row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
-        tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
-    ], ignore_index=True)
     return {
         "pa": fg.plot_pa(tables["pa_prevalence"], tables["met_spline"], fdir / "pa.png",
                          cfg.pa_breaks),
         "nomogram": fdir / "nomogram.png",
         "nomogram_svg": fdir / "nomogram.svg",
-        "calibration": fg.plot_calibration(
-            nomo.calibration_curve, fdir / "calibration.png",
-            title="Calibration of the nomogram model", fit=nomo.calibration),
-        "roc": fg.plot_roc(nomo.y, nomo.probability, fdir / "roc.png",
-                           title="ROC of the nomogram model"),
         "forest_strata": fg.plot_strata(tables["strata_models"], fdir / "forest_strata.png"),
-        "forest_symptoms": fg.plot_forest(
-            sym, fdir / "forest_symptoms.png", row_label="row",
-            title="Symptom burden among participants with CBP"),
     }
 
 
-def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path
-                  ) -> dict[str, Path]:
-    """Draw every figure of the study into ``fdir`` (seven of them in a second process when
-    there is a second core); returns name -> path."""
+def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir: Path,
+                  meanwhile: Callable[[], Any] | None = None) -> dict[str, Path]:
+    """Draw every figure of the study into ``fdir`` (four of them in a second process when
+    there is a second core; ``meanwhile()`` is called while that process still draws);
+    returns name -> path."""
     tables = computed.tables
     fg.pyplot()  # imported once, before the fork
-    needed = ("symptom_burden", "symptom_ordinal", "pa_prevalence", "met_spline",
-              "strata_models")
+    needed = ("pa_prevalence", "met_spline", "strata_models")
     others, pool = _background(_second_figures, computed.nomogram,
                                {k: tables[k] for k in needed}, cfg, fdir)
     try:
@@ -280,6 +268,22 @@ def write_figures(computed: StudyTables, cfg: StudyConfig, d: pd.DataFrame, fdir
         figs["interaction"] = fg.plot_interaction(
             tables["interaction_predicted"], tables["interaction_observed"],
             fdir / "interaction.png", an.reference_covariates(d))
+        nomo = computed.nomogram
+        figs["calibration"] = fg.plot_calibration(
+            nomo.calibration_curve, fdir / "calibration.png",
+            title="Calibration of the nomogram model", fit=nomo.calibration)
+        figs["roc"] = fg.plot_roc(nomo.y, nomo.probability, fdir / "roc.png",
+                                  title="ROC of the nomogram model")
+        sym = pd.concat([
+            tables["symptom_burden"].assign(
+                row=f"pain ≥ {cfg.symptom_threshold:g} (mixed logistic)"),
+            tables["symptom_ordinal"].assign(row="pain category (proportional odds)"),
+        ], ignore_index=True)
+        figs["forest_symptoms"] = fg.plot_forest(
+            sym, fdir / "forest_symptoms.png", row_label="row",
+            title="Symptom burden among participants with CBP")
+        if meanwhile is not None:
+            meanwhile()
         figs.update(others.result())
     finally:
         if pool is not None:
@@ -296,9 +300,12 @@ def write_outputs(result: StudyResult, computed: StudyTables, d: pd.DataFrame) -
     out = result.out_dir
     for name, table in result.tables.items():
         write_table(table, out / "tables" / f"{name}.csv")
-    result.figures.update(write_figures(computed, result.config, d, out / "figures"))
-    write_json(result.model, result.model_path)
-    calc.write_calculator(result.model_path, out / "calculator.html")
+    def model_and_calculator() -> None:
+        write_json(result.model, result.model_path)
+        calc.write_calculator(result.model_path, out / "calculator.html")
+
+    result.figures.update(write_figures(computed, result.config, d, out / "figures",
+                                        meanwhile=model_and_calculator))
     write_report(result, d)
     return result
 
