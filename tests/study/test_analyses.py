@@ -233,3 +233,21 @@ def test_categorical_model_frame_fits_the_same_models(data):
         pd.testing.assert_series_equal(a.results.bse, b.results.bse, rtol=1e-13)
         assert a.results.to_dict()["design"] == b.results.to_dict()["design"]
     assert not any("high" in name for name in b.results.params.index)
+
+
+def test_ordinal_model_cdf_is_statsmodels_logistic_cdf():
+    """The ordinal model's shortcut cdf returns scipy's logistic cdf bit for bit (its
+    numerical gradients would amplify any difference)."""
+    from scipy import stats
+    from statsmodels.miscmodels.ordinal_model import OrderedModel
+
+    x = np.r_[-np.inf, np.random.default_rng(0).normal(scale=20, size=5000), np.inf, 0.0]
+    model = an._logit_ordered_model()
+    assert issubclass(model, OrderedModel)
+    np.testing.assert_array_equal(model.cdf(None, x), stats.logistic.cdf(x))
+
+
+def test_strata_subsets_equal_the_full_strata_table(data):
+    full = an.strata_models(data)
+    sex = an.strata_models(data, variables=("sex",))
+    pd.testing.assert_frame_equal(sex, full[full["stratum"] == "sex"].reset_index(drop=True))
