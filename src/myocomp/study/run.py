@@ -191,6 +191,8 @@ def compute_tables(d: pd.DataFrame, cfg: StudyConfig,
         others = [s[0] for s in an.STRATA if s[0] not in _BACKGROUND_STRATA]
         strata_here = an.strata_models(d, nagq=cfg.nagq, variables=others)
         step("strata (PA)")
+        if not background.done():
+            fg.pyplot()  # matplotlib's set-up for the figures while the second process finishes
         nomo, strata, background_timings = background.result()
         tables["strata_models"] = pd.concat([strata, strata_here], ignore_index=True)
     finally:
