@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
+import statsmodels.formula.api as smf
 
-from myocomp.stats.logistic import logistic_newton
+from myocomp.errors import DataError
+from myocomp.stats.logistic import fit_logit, logistic_newton
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +70,60 @@ def test_weighted_fits_equal_fits_on_resampled_rows():
                                    rtol=1e-12, atol=1e-12)
     _, ok_sep = logistic_newton_weighted(Xs, y, np.stack([np.ones(n), sep]), np.zeros(3))
     assert not ok_sep.any()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    rng = np.random.default_rng(11)
+    n = 400
+    df = pd.DataFrame({"x": rng.normal(size=n), "g": rng.choice(["a", "b", "c"], n),
+                       "w": rng.integers(20, 80, n).astype(float)})
+    lp = -0.3 + 0.7 * df.x + 0.5 * (df.g == "b") - 0.4 * (df.g == "c") + 0.01 * (df.w - 50)
+    df["y"] = (rng.random(n) < 1 / (1 + np.exp(-lp))).astype(int)
+    df.loc[[5, 17], "x"] = np.nan
+    df.loc[[9], "g"] = None
+    return df
+
+
+def test_fit_logit_equals_statsmodels_logit(toy):
+    formula = "y ~ x + C(g, Treatment('b')) + w"
+    res = fit_logit(formula, toy)
+    ref = smf.logit(formula, toy).fit(disp=0)
+    assert list(res.params.index) == list(ref.params.index) and res.nobs == ref.nobs == 397
+    np.testing.assert_allclose(res.params, ref.params, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(res.bse, ref.bse, rtol=1e-8)
+    np.testing.assert_allclose(res.cov_params(), ref.cov_params(), rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(res.pvalues, ref.pvalues, rtol=1e-7)
+    np.testing.assert_allclose(res.conf_int(), ref.conf_int(), rtol=1e-8)
+    assert res.llf == pytest.approx(ref.llf, rel=1e-12) and res.converged
+    assert list(res.row_labels) == list(ref.model.data.row_labels)
+    # the formula's design applied to new rows, missing values -> NaN
+    new = pd.DataFrame({"x": [0.5, np.nan, -1.0], "g": ["c", "a", "a"], "w": [30.0, 40.0, 75.0]})
+    got = res.predict(new)
+    assert np.isnan(got.iloc[1])
+    np.testing.assert_allclose(got.iloc[[0, 2]], ref.predict(new.iloc[[0, 2]]), rtol=1e-10)
+    np.testing.assert_allclose(res.predict(), ref.predict(), rtol=1e-10)
+    lines = res.summary().splitlines()
+    assert any(line.split()[:1] == ["x"] and f"{ref.params['x']:.4f}" in line for line in lines)
+
+
+def test_fit_logit_travels_by_pickle(toy):
+    res = fit_logit("y ~ x + C(g)", toy)
+    back = pickle.loads(pickle.dumps(res))
+    new = toy.iloc[:20]
+    pd.testing.assert_series_equal(back.predict(new), res.predict(new))
+    pd.testing.assert_series_equal(back.params, res.params)
+
+
+def test_fit_logit_refuses_or_warns(toy):
+    with pytest.raises(DataError, match="cannot be fitted"):  # x2 = 2 x: no full rank
+        fit_logit("y ~ x + x2", toy.assign(x2=2 * toy["x"]))
+    with pytest.raises(DataError, match="only one value"):
+        fit_logit("y ~ x", toy.assign(y=1))
+    with pytest.raises(DataError, match="coded 0/1"):
+        fit_logit("w ~ x", toy)
+    separated = toy.dropna().assign(y=lambda d: (d["x"] > 0).astype(int))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        res = fit_logit("y ~ x", separated)
+    assert not res.converged and np.isfinite(res.params).all() and res.params["x"] > 10
+    assert "did not converge" in res.summary()

@@ -251,3 +251,21 @@ def test_strata_subsets_equal_the_full_strata_table(data):
     full = an.strata_models(data)
     sex = an.strata_models(data, variables=("sex",))
     pd.testing.assert_frame_equal(sex, full[full["stratum"] == "sex"].reset_index(drop=True))
+
+
+def test_nomogram_model_is_statsmodels_logit_on_the_study_design(data):
+    """The nomogram's model (the project's Newton) equals statsmodels' Logit on the study's
+    design: estimates, standard errors, covariance, log-likelihood, p-values."""
+    import statsmodels.formula.api as smf
+
+    nomo = an.nomogram_analysis(data, B=0)
+    res = nomo.result
+    ref = smf.logit(nomo.formula, data).fit(disp=0)  # complete cases of the formula's columns
+    assert list(res.params.index) == list(ref.params.index) and res.nobs == ref.nobs == nomo.n
+    np.testing.assert_allclose(res.params, ref.params, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(res.bse, ref.bse, rtol=1e-8)
+    np.testing.assert_allclose(res.cov_params(), ref.cov_params(), rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(res.pvalues, ref.pvalues, rtol=1e-6, atol=1e-14)
+    assert res.llf == pytest.approx(ref.llf, rel=1e-12) and res.converged
+    np.testing.assert_allclose(res.predict(data.iloc[:50]), ref.predict(data.iloc[:50]),
+                               rtol=1e-8, atol=1e-12)

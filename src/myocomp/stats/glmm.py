@@ -32,7 +32,6 @@ import itertools
 import json
 import math
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +41,10 @@ import patsy
 from scipy import optimize, special, stats
 
 from myocomp.errors import DataError
+from myocomp.stats.design import design_from_dict as _design_from_dict
+from myocomp.stats.design import design_to_dict as _design_to_dict
+from myocomp.stats.design import eval_env as _eval_env
+from myocomp.stats.design import json_value as _json_value
 from myocomp.stats.logistic import logistic_newton
 
 __all__ = [
@@ -69,10 +72,6 @@ _BOUNDARY_TOL = 1e-4
 # --------------------------------------------------------------------------------------------
 # Design matrices
 # --------------------------------------------------------------------------------------------
-
-
-def _eval_env() -> patsy.EvalEnvironment:
-    return patsy.EvalEnvironment([{"np": np}])
 
 
 def _known_names() -> set[str]:
@@ -944,90 +943,6 @@ def _hessian(fun, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
-def _design_to_dict(di: patsy.DesignInfo) -> dict:
-    factors = []
-    for f, fi in di.factor_infos.items():
-        if not isinstance(f, patsy.EvalFactor):
-            raise DataError(f"formula factor {f!r} cannot be saved")
-        if fi.state.get("transforms"):
-            raise DataError(
-                f"formula term {f.code!r} uses a stateful transform (center, standardize, "
-                "splines): such models cannot be saved to JSON"
-            )
-        factors.append(
-            {
-                "code": f.code,
-                "type": fi.type,
-                "num_columns": fi.num_columns,
-                "categories": None
-                if fi.categories is None
-                else [_json_value(c) for c in fi.categories],
-            }
-        )
-    terms = []
-    for term, subterms in di.term_codings.items():
-        terms.append(
-            {
-                "factors": [f.code for f in term.factors],
-                "subterms": [
-                    {
-                        "factors": [f.code for f in st.factors],
-                        "contrasts": {
-                            f.code: {
-                                "matrix": np.asarray(cm.matrix).tolist(),
-                                "suffixes": list(cm.column_suffixes),
-                            }
-                            for f, cm in st.contrast_matrices.items()
-                        },
-                        "num_columns": st.num_columns,
-                    }
-                    for st in subterms
-                ],
-            }
-        )
-    return {"column_names": list(di.column_names), "factors": factors, "terms": terms}
-
-
-def _design_from_dict(d: dict) -> patsy.DesignInfo:
-    env = _eval_env()
-    factors: dict[str, patsy.EvalFactor] = {}
-    infos = {}
-    for fd in d["factors"]:
-        f = patsy.EvalFactor(fd["code"])
-        state: dict = {}
-        f.memorize_passes_needed(state, env)
-        factors[fd["code"]] = f
-        cats = fd["categories"]
-        infos[f] = patsy.FactorInfo(
-            f,
-            fd["type"],
-            state,
-            num_columns=fd["num_columns"],
-            categories=None if cats is None else tuple(cats),
-        )
-    codings: OrderedDict = OrderedDict()
-    for td in d["terms"]:
-        term = patsy.Term([factors[c] for c in td["factors"]])
-        codings[term] = [
-            patsy.SubtermInfo(
-                [factors[c] for c in st["factors"]],
-                {
-                    factors[c]: patsy.ContrastMatrix(np.asarray(cm["matrix"]), cm["suffixes"])
-                    for c, cm in st["contrasts"].items()
-                },
-                st["num_columns"],
-            )
-            for st in td["subterms"]
-        ]
-    return patsy.DesignInfo(d["column_names"], factor_infos=infos, term_codings=codings)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from myocomp.errors import ConfigError, DataError
+from myocomp.stats.logistic import LogisticResults, fit_logit
 
 __all__ = [
     "Nomogram",
@@ -618,49 +618,20 @@ def fit_logistic(
     *,
     quantiles: tuple[float, float] = (0.0, 1.0),
     labels: Mapping[str, str] | None = None,
-) -> tuple[Any, list[PredictorSpec]]:
-    """Fit a fixed-effects logistic model by maximum likelihood (statsmodels ``Logit``) on the
-    complete cases of the formula's variables.
+) -> tuple[LogisticResults, list[PredictorSpec]]:
+    """Fit a fixed-effects logistic model by maximum likelihood (:func:`~myocomp.stats.logistic.fit_logit`)
+    on the complete cases of the formula's variables.
 
-    Returns ``(result, specs)``: the statsmodels results object (``result.predict(newdata)``
-    applies the formula) and one :class:`PredictorSpec` per formula term, with continuous
-    ranges at the ``quantiles`` of the complete cases (default min/max). The outcome must be
-    coded 0/1. ``labels`` maps column names to display names.
+    Returns ``(result, specs)``: the :class:`~myocomp.stats.logistic.LogisticResults`
+    (``result.predict(newdata)`` applies the formula) and one :class:`PredictorSpec` per
+    formula term, with continuous ranges at the ``quantiles`` of the complete cases (default
+    min/max). The outcome must be coded 0/1. ``labels`` maps column names to display names.
     """
-    import patsy
-    from statsmodels.discrete.discrete_model import Logit
-    from statsmodels.tools.sm_exceptions import PerfectSeparationError
-
     if not 0.0 <= quantiles[0] < quantiles[1] <= 1.0:
         raise ConfigError(f"nomogram quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
-    if not data.index.is_unique:
-        raise DataError("the data's index has duplicate labels")
-    try:
-        y, x = patsy.dmatrices(formula, data, NA_action="drop", return_type="dataframe")
-    except patsy.PatsyError as exc:
-        raise DataError(f"formula {formula!r}: {str(exc).splitlines()[0]}") from exc
-    if y.shape[1] != 1 or not set(np.unique(y.to_numpy())) <= {0.0, 1.0}:
-        raise DataError(f"formula {formula!r}: the outcome must be one column coded 0/1")
-    if len(np.unique(y.to_numpy())) < 2:
-        raise DataError(
-            f"formula {formula!r}: the outcome has only one value in the complete cases"
-        )
-    complete = data.loc[x.index]
-    specs = _specs_from_design(x.design_info, complete, quantiles, labels)
-    try:
-        result = Logit.from_formula(formula, data, missing="drop").fit(disp=0, maxiter=200)
-    except (PerfectSeparationError, np.linalg.LinAlgError) as exc:
-        raise DataError(f"logistic model {formula!r} cannot be fitted: {exc}") from exc
-    if list(result.params.index) != list(x.columns):
-        # a non-patsy formula engine named the columns differently: refit on our design
-        result = Logit(y.iloc[:, 0], x).fit(disp=0, maxiter=200)
-    if not result.mle_retvals.get("converged", True):
-        warnings.warn(
-            f"logistic model {formula!r} did not converge (separation?); check the estimates",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return result, specs
+    result = fit_logit(formula, data)
+    complete = data.loc[result.row_labels]
+    return result, _specs_from_design(result.design_info, complete, quantiles, labels)
 
 
 def nomogram_from_formula(
@@ -669,7 +640,7 @@ def nomogram_from_formula(
     *,
     quantiles: tuple[float, float] = (0.0, 1.0),
     labels: Mapping[str, str] | None = None,
-) -> tuple[Nomogram, Any]:
+) -> tuple[Nomogram, LogisticResults]:
     """Fit ``formula`` (see :func:`fit_logistic`) and build its nomogram in one call.
 
     Returns ``(nomogram, result)``.
