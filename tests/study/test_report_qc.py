@@ -71,3 +71,36 @@ def test_truncated_count_reads_the_flag_as_exclude_flagged_does(values) -> None:
     expected = sum(str(v).strip().lower() in ("true", "1", "yes") for v in values)
     assert n_truncated_fov(table) == expected
     assert n_truncated_fov(table.drop(columns="qc_truncated_fov")) == 0
+
+
+@pytest.mark.parametrize("include_flagged", [False, True])
+def test_report_names_the_participants_excluded_for_qc_flags(tmp_path, include_flagged) -> None:
+    pheno, metrics = tables(seed=4)
+    ids = pheno["participant_id"].to_numpy()
+    back = metrics["group"] == "back"
+    swapped, no_metrics = ids[10:16], ids[40:44]
+    metrics.loc[back & metrics["participant_id"].isin(swapped), "qc_swap_suspected"] = True
+    metrics.loc[back & metrics["participant_id"].isin(ids[14:15]), "qc_geometry"] = True
+    metrics["qc_geometry"] = metrics["qc_geometry"].fillna(False).astype(bool)
+    metrics = metrics[~metrics["participant_id"].isin(no_metrics)]
+    config = StudyConfig().with_options(bootstrap=5, seed=1, include_flagged=include_flagged)
+    said: list[str] = []
+    result = run_study(pheno, metrics, config, tmp_path / "out", progress=said.append)
+    html = result.report_path.read_text()
+    qc = result.qc_exclusion
+    assert qc.ids == tuple(sorted(swapped)) and qc.excluded is not include_flagged
+    assert qc.by_flag == {"qc_swap_suspected": 6, "qc_geometry": 1}
+    flags = "<code>qc_swap_suspected</code>: 6, <code>qc_geometry</code>: 1"
+    # only the participants without any metrics row are "without metrics"; the flagged are not
+    assert result.join.phenotypes_without_metrics == tuple(sorted(no_metrics))
+    assert "Phenotypes without metrics: 4;" in html
+    if include_flagged:
+        assert f"QC: 6 participant(s) with QC flags ({flags}) kept and analysed" in html
+        assert result.join.n_joined == N - 4
+        assert "keeping 6 participant(s) with QC flags (include_flagged)" in said
+        assert "excluded before the join" not in html
+    else:
+        assert f"QC: 6 participant(s) with QC flags ({flags}) excluded before the join" in html
+        assert result.join.n_joined == result.n_analysed == N - 4 - 6
+        assert any(m.startswith("excluding 6 participant(s) with QC flags") for m in said)
+        assert not set(swapped) & set(result.join.phenotypes_without_metrics)

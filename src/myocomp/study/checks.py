@@ -8,6 +8,7 @@ or the reason, so that no broken model or nomogram is ever written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import pandas as pd
 from myocomp.errors import DataError
 from myocomp.study.phenotypes import STUDY_METRICS, StudyConfig, _to_numeric, _where
 
-__all__ = ["validate_metrics", "exclude_flagged", "check_estimable", "MIN_EVENTS", "n_truncated_fov",
+__all__ = ["validate_metrics", "exclude_flagged", "qc_exclusion", "QCExclusion", "check_estimable", "MIN_EVENTS", "n_truncated_fov",
            "truncated_fov_message"]
 
 #: fewest participants with, and without, CBP the main model and the nomogram need
@@ -82,29 +83,77 @@ def truncated_fov_message(n: int, of: int | None = None) -> str:
             "coverage; a level group such as back_L1_L5 compares across protocols")
 
 
+@dataclass(frozen=True)
+class QCExclusion:
+    """The participants whose rows carry a ``qc_*`` flag (the informational ones aside).
+
+    ``ids``: their participant ids (sorted; row numbers as text without that column);
+    ``by_flag``: participants per flag column; ``excluded``: False when ``include_flagged``
+    kept them.
+    """
+
+    ids: tuple[str, ...]
+    by_flag: dict[str, int]
+    excluded: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def message(self) -> str:
+        """What the study says of them (command line and report)."""
+        if not self.excluded:
+            return f"keeping {self.n} participant(s) with QC flags (include_flagged)"
+        return (f"excluding {self.n} participant(s) with QC flags (qc_* columns; include_flagged "
+                "keeps them)")
+
+
+def qc_exclusion(table: pd.DataFrame | None, include_flagged: bool = False,
+                 group: str | None = None) -> QCExclusion | None:
+    """The participants :func:`exclude_flagged` drops (or keeps, with ``include_flagged``): those
+    whose rows (of ``group``, when given and the table has a ``group`` column) carry any
+    ``qc_*`` flag; None without any."""
+    if table is None:
+        return None
+    flags = _flagged(table)
+    if group is not None and "group" in table.columns:
+        flags &= table["group"].astype(str) == group
+    if not flags.any():
+        return None
+    ids = (table["participant_id"].astype(str) if "participant_id" in table.columns
+           else pd.Series(table.index.astype(str), index=table.index))
+    by_flag = {}
+    for col in [c for c in table.columns if str(c).startswith("qc_") and c != "qc_notes"
+                and c not in INFORMATIONAL_FLAGS]:
+        n = int(ids[flags & _flagged(table, (col,))].nunique())
+        if n:
+            by_flag[str(col)] = n
+    return QCExclusion(tuple(sorted(set(ids[flags]))), by_flag, not include_flagged)
+
+
 def exclude_flagged(table: pd.DataFrame | None, include_flagged: bool = False,
                     say: Callable[[str], None] = lambda _m: None,
                     group: str | None = None) -> pd.DataFrame | None:
     """Drop the participants whose rows (of ``group``, when given and the table has a ``group``
-    column) carry any ``qc_*`` flag, unless ``include_flagged``; say how many."""
+    column) carry any ``qc_*`` flag, unless ``include_flagged``; say how many
+    (:func:`qc_exclusion` counts them)."""
     if table is None:
         return None
-    flags, cut = _flagged(table), _flagged(table, INFORMATIONAL_FLAGS)
+    cut = _flagged(table, INFORMATIONAL_FLAGS)
     if group is not None and "group" in table.columns:
-        flags &= table["group"].astype(str) == group
         cut &= table["group"].astype(str) == group
     if cut.any():
         say(truncated_fov_message(n_truncated_fov(table[cut])))
-    if not flags.any():
+    qc = qc_exclusion(table, include_flagged, group)
+    if qc is None:
         return table
-    ids = table.loc[flags, "participant_id"] if "participant_id" in table.columns else flags[flags]
-    n = int(pd.Series(ids).nunique())
+    say(qc.message())
     if include_flagged:
-        say(f"keeping {n} participant(s) with QC flags (include_flagged)")
         return table
-    say(f"excluding {n} participant(s) with QC flags (qc_* columns; include_flagged keeps them)")
-    bad_ids = set(ids.astype(str)) if "participant_id" in table.columns else set()
-    keep = ~flags if not bad_ids else ~table["participant_id"].astype(str).isin(bad_ids)
+    if "participant_id" in table.columns:
+        keep = ~table["participant_id"].astype(str).isin(set(qc.ids))
+    else:
+        keep = ~table.index.astype(str).isin(set(qc.ids))
     return table[keep].reset_index(drop=True)
 
 

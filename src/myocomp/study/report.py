@@ -15,7 +15,7 @@ import pandas as pd
 
 from myocomp.io import write_text
 from myocomp.study.analyses import LABELS, TABLE1_GROUPS
-from myocomp.study.checks import n_truncated_fov, truncated_fov_message
+from myocomp.study.checks import QCExclusion, n_truncated_fov, truncated_fov_message
 from myocomp.study.result import StudyResult
 
 __all__ = ["write_report", "render_report", "SECTIONS", "METRIC_DEFINITIONS", "software_versions",
@@ -172,15 +172,24 @@ def _key_results(result: StudyResult) -> str:
     return f'<div class="key"><ul>{"".join(items)}</ul></div>'
 
 
-def _qc_statements(data: pd.DataFrame | None) -> list[str]:
-    """The data section's statement of the joined participants whose muscles the field of view
-    cuts (``qc_truncated_fov``: informational, never a reason to exclude); none without any."""
+def _qc_statements(data: pd.DataFrame | None, qc: QCExclusion | None = None) -> list[str]:
+    """The data section's statements of the participants with QC flags (excluded before the
+    join, or kept with ``include_flagged``) and of the joined participants whose muscles the
+    field of view cuts (``qc_truncated_fov``: informational, never a reason to exclude); none
+    without any."""
+    out = []
+    if qc is not None:
+        flags = ", ".join(f"<code>{html.escape(k)}</code>: {v:,}" for k, v in qc.by_flag.items())
+        out.append(f"<p id='qc-excluded'>QC: {qc.n:,} participant(s) with QC flags ({flags}) "
+                   + ("excluded before the join; they are not counted among the phenotypes "
+                      "without metrics (<code>include_flagged</code> keeps them).</p>"
+                      if qc.excluded else "kept and analysed (<code>include_flagged</code>).</p>"))
     n = 0 if data is None else n_truncated_fov(data)
-    if not n:
-        return []
-    return [f"<p id='qc-truncated-fov'>QC: {html.escape(truncated_fov_message(n, of=len(data)))}. "
-            "The flag describes the field of view, not a fault of the data: these participants are "
-            "analysed, not excluded.</p>"]
+    if n:
+        out.append(f"<p id='qc-truncated-fov'>QC: {html.escape(truncated_fov_message(n, of=len(data)))}. "
+                   "The flag describes the field of view, not a fault of the data: these "
+                   "participants are analysed, not excluded.</p>")
+    return out
 
 
 def _head_and_data(result: StudyResult, data: pd.DataFrame | None = None) -> list[str]:
@@ -208,7 +217,7 @@ def _head_and_data(result: StudyResult, data: pd.DataFrame | None = None) -> lis
                      f"{html.escape(', '.join(join['phenotypes_without_metrics_first']))}; "
                      f"metrics {html.escape(', '.join(join['metrics_without_phenotypes_first']))}"
                      "</p>")
-    return parts + _qc_statements(data)
+    return parts + _qc_statements(data, result.qc_exclusion)
 
 
 def _analysis_sections(result: StudyResult) -> list[str]:

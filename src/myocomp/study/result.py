@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from myocomp.study.checks import QCExclusion
 from myocomp.study.phenotypes import JoinReport, StudyConfig
 
 __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "StudyResult"]
@@ -28,7 +29,8 @@ class StudyResult:
 
     ``tables``: name -> DataFrame of numbers (also written to ``out_dir/tables/<name>.csv``);
     ``figures``: name -> path of the PNG (and ``nomogram_svg``); ``model``: the contents of
-    ``model.json``; ``timings``: seconds per step.
+    ``model.json``; ``timings``: seconds per step; ``qc_exclusion``: the participants with QC
+    flags, excluded before the join (or kept with ``include_flagged``), None without any.
     """
 
     out_dir: Path
@@ -41,3 +43,4 @@ class StudyResult:
     model_path: Path
     timings: dict[str, float] = field(default_factory=dict)
     n_analysed: int = 0
+    qc_exclusion: QCExclusion | None = None

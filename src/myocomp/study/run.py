@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +312,18 @@ def write_outputs(result: StudyResult, computed: StudyTables, d: pd.DataFrame) -
     return result
 
 
+def _exclude_flagged(pheno: pd.DataFrame, metric_table: pd.DataFrame | None, cfg: StudyConfig,
+                     say: Callable[[str], None],
+                     ) -> tuple[pd.DataFrame, pd.DataFrame | None, checks.QCExclusion | None]:
+    """The participants with QC flags out of the metrics table (of the analysed group), or of the
+    phenotype table when it holds the metrics, unless ``include_flagged``; and who they were."""
+    if metric_table is not None:
+        qc = checks.qc_exclusion(metric_table, cfg.include_flagged, cfg.group)
+        return pheno, checks.exclude_flagged(metric_table, cfg.include_flagged, say, cfg.group), qc
+    qc = checks.qc_exclusion(pheno, cfg.include_flagged)
+    return checks.exclude_flagged(pheno, cfg.include_flagged, say), None, qc
+
+
 def run_study(
     data: pd.DataFrame | str | Path,
     metrics: pd.DataFrame | str | Path | None = None,
@@ -342,9 +354,12 @@ def run_study(
     say("reading and validating phenotypes")
     pheno = validate_phenotypes(_as_table(data), cfg)
     metric_table = None if metrics is None else checks.validate_metrics(_as_table(metrics))
-    metric_table = checks.exclude_flagged(metric_table, cfg.include_flagged, say, cfg.group)
-    pheno = checks.exclude_flagged(pheno, cfg.include_flagged, say) if metrics is None else pheno
+    pheno, metric_table, qc = _exclude_flagged(pheno, metric_table, cfg, say)
     joined, join = join_metrics(pheno, metric_table, group=cfg.group)
+    if qc is not None and qc.excluded:  # excluded, not "without metrics"
+        excluded = set(qc.ids)
+        join = replace(join, phenotypes_without_metrics=tuple(
+            i for i in join.phenotypes_without_metrics if i not in excluded))
     d, zmodel = an.prepare_analysis_data(joined, cfg)
     checks.check_estimable(d)
     step("input")
@@ -356,7 +371,7 @@ def run_study(
     result = StudyResult(out_dir=out, config=cfg, join=join, tables=computed.tables,
                          figures={}, model=model, report_path=out / "report.html",
                          model_path=out / "model.json", timings=timings,
-                         n_analysed=int(computed.fits["adjusted"].n))
+                         n_analysed=int(computed.fits["adjusted"].n), qc_exclusion=qc)
     say("writing tables, figures, model.json and report.html")
     write_outputs(result, computed, d)
     step("outputs")
