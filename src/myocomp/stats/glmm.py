@@ -38,14 +38,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import patsy
-from scipy import optimize, special, stats
+from scipy import optimize, special
 
 from myocomp.errors import DataError
 from myocomp.stats.design import design_from_dict as _design_from_dict
 from myocomp.stats.design import design_to_dict as _design_to_dict
 from myocomp.stats.design import eval_env as _eval_env
 from myocomp.stats.design import json_value as _json_value
-from myocomp.stats.logistic import logistic_newton
+from myocomp.stats.logistic import WaldInference, logistic_newton
 
 __all__ = [
     "BoundaryFitWarning",
@@ -946,7 +946,7 @@ def _hessian(fun, x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class MixedLogitResults:
+class MixedLogitResults(WaldInference):
     """Results of :func:`fit_mixed_logit` (estimates on the log-odds scale)."""
 
     formula: str
@@ -967,32 +967,7 @@ class MixedLogitResults:
     design_info: patsy.DesignInfo = field(repr=False)
     singular: bool = False
 
-    # ---- inference -------------------------------------------------------------------------
-    @property
-    def bse(self) -> pd.Series:
-        """Standard errors of the fixed effects."""
-        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.params.index)
-
-    def cov_params(self) -> pd.DataFrame:
-        """Covariance matrix of the fixed effects (lme4's ``vcov``)."""
-        return self.vcov.copy()
-
-    @property
-    def tvalues(self) -> pd.Series:
-        """Wald z statistics."""
-        return self.params / self.bse
-
-    @property
-    def pvalues(self) -> pd.Series:
-        """Two-sided Wald p-values."""
-        return pd.Series(2.0 * stats.norm.sf(np.abs(self.tvalues)), index=self.params.index)
-
-    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
-        """Wald confidence intervals (log-odds scale), columns ``lower``, ``upper``."""
-        q = stats.norm.ppf(1.0 - alpha / 2.0)
-        se = self.bse
-        return pd.DataFrame({"lower": self.params - q * se, "upper": self.params + q * se})
-
+    # ---- inference (bse, cov_params, tvalues, pvalues, conf_int: WaldInference) -------
     @property
     def aic(self) -> float:
         return -2.0 * self.loglik + 2.0 * (len(self.params) + 1)

@@ -18,7 +18,7 @@ from scipy.special import expit
 from myocomp.errors import DataError
 from myocomp.stats.design import design_from_dict, design_to_dict, eval_env
 
-__all__ = ["LogisticResults", "fit_logit", "logistic_newton"]
+__all__ = ["LogisticResults", "WaldInference", "fit_logit", "logistic_newton"]
 
 
 def logistic_newton(
@@ -147,32 +147,12 @@ def _is_positive_definite(m: np.ndarray) -> bool:
     return True
 
 
-@dataclass
-class LogisticResults:
-    """Results of :func:`fit_logit`, in the manner of statsmodels' ``LogitResults``.
+class WaldInference:
+    """Wald inference of a results object with ``params`` (Series) and their covariance
+    ``vcov`` (DataFrame): shared by :class:`LogisticResults` and the mixed model's results."""
 
-    ``params``: the maximum-likelihood estimates (log-odds scale, a Series by design column);
-    ``vcov``: their covariance, the inverse information (DataFrame); ``llf``: the
-    log-likelihood; ``converged``, ``n_iter``: Newton's outcome; ``design_info``: the patsy
-    design of the formula's right-hand side (applied again by :meth:`predict`); ``exog``
-    (nobs, p), ``endog`` (nobs,): the complete cases' design and 0/1 outcome; ``row_labels``:
-    their labels in the data.
-    """
-
-    formula: str
     params: pd.Series
     vcov: pd.DataFrame
-    llf: float
-    converged: bool
-    n_iter: int
-    exog: np.ndarray = field(repr=False)
-    endog: np.ndarray = field(repr=False)
-    row_labels: pd.Index = field(repr=False)
-    design_info: patsy.DesignInfo = field(repr=False)
-
-    @property
-    def nobs(self) -> int:
-        return len(self.endog)
 
     @property
     def bse(self) -> pd.Series:
@@ -198,6 +178,34 @@ class LogisticResults:
         q = stats.norm.ppf(1.0 - alpha / 2.0)
         return pd.DataFrame({"lower": self.params - q * self.bse,
                              "upper": self.params + q * self.bse})
+
+
+@dataclass
+class LogisticResults(WaldInference):
+    """Results of :func:`fit_logit`, in the manner of statsmodels' ``LogitResults``.
+
+    ``params``: the maximum-likelihood estimates (log-odds scale, a Series by design column);
+    ``vcov``: their covariance, the inverse information (DataFrame); ``llf``: the
+    log-likelihood; ``converged``, ``n_iter``: Newton's outcome; ``design_info``: the patsy
+    design of the formula's right-hand side (applied again by :meth:`predict`); ``exog``
+    (nobs, p), ``endog`` (nobs,): the complete cases' design and 0/1 outcome; ``row_labels``:
+    their labels in the data.
+    """
+
+    formula: str
+    params: pd.Series
+    vcov: pd.DataFrame
+    llf: float
+    converged: bool
+    n_iter: int
+    exog: np.ndarray = field(repr=False)
+    endog: np.ndarray = field(repr=False)
+    row_labels: pd.Index = field(repr=False)
+    design_info: patsy.DesignInfo = field(repr=False)
+
+    @property
+    def nobs(self) -> int:
+        return len(self.endog)
 
     def predict(self, newdata: pd.DataFrame | None = None, linear: bool = False) -> pd.Series:
         """Probabilities (log-odds with ``linear``) of the rows of ``newdata``, through the
