@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+import statsmodels.formula.api as smf
 from scipy import special
 
 from myocomp.study import analyses as an
@@ -256,8 +257,6 @@ def test_strata_subsets_equal_the_full_strata_table(data):
 def test_nomogram_model_is_statsmodels_logit_on_the_study_design(data):
     """The nomogram's model (the project's Newton) equals statsmodels' Logit on the study's
     design: estimates, standard errors, covariance, log-likelihood, p-values."""
-    import statsmodels.formula.api as smf
-
     nomo = an.nomogram_analysis(data, B=0)
     res = nomo.result
     ref = smf.logit(nomo.formula, data).fit(disp=0)  # complete cases of the formula's columns

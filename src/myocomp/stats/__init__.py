@@ -9,6 +9,7 @@ from myocomp.stats.glmm import (
     MixedLogitResults,
     fit_mixed_logit,
 )
+from myocomp.stats.logistic import LogisticResults, fit_logit
 from myocomp.stats.nomogram import Nomogram, PredictorSpec, build_nomogram, nomogram_from_formula
 from myocomp.stats.validation import (
     bootstrap_validation,
@@ -23,6 +24,7 @@ from myocomp.stats.zscores import ZScoreModel, fit_zscores
 __all__ = [
     "BoundaryFitWarning",
     "ConvergenceWarning",
+    "LogisticResults",
     "MixedLogit",
     "MixedLogitResults",
     "Nomogram",
@@ -35,6 +37,7 @@ __all__ = [
     "calibration_slope_intercept",
     "delong_auc",
     "delong_test",
+    "fit_logit",
     "fit_mixed_logit",
     "fit_zscores",
     "nomogram_from_formula",
