@@ -15,8 +15,9 @@ Algorithm (:func:`separate`):
 2. Coarse level: complex data summed over blocks of about ``coarse_voxels`` (a block keeps the
    linear model: one psi, mixed W and F). For every coarse voxel the VARPRO residual
    ``min_{W,F} ||s - A(psi, R2*) [W, F]||^2 / ||s||^2`` is computed over a grid of psi (and of
-   R2*, minimum taken, with >= 3 echoes: :data:`COARSE_R2STAR_GRID` with >= 4). Two echoes do not determine complex W and F and psi, so
-   there the model constrains W and F to share one phase (real W, F times exp(i phi)).
+   R2*, minimum taken, with >= 3 echoes; :data:`COARSE_R2STAR_GRID` with >= 4). Two echoes do
+   not determine complex W and F and psi, so there the model constrains W and F to share one
+   phase (real W, F times exp(i phi)).
 3. Field-map choice robust to the water/fat ambiguity: region growing on the coarse grid. From a
    seed (the strongest interior voxel of each connected component) the field map grows
    outward, strong voxels first; each new voxel takes the psi minimising its residual plus
