@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[segment,test]"
 	# PyPI's torchvision (pulled in via timm) fails to import beside this torch; myocomp never needs it.
 	$(BIN)/python -m pip uninstall -q -y torchvision
+	# byte-compile the editable sources as a normal install would (PYTHONDONTWRITEBYTECODE=1
+	# shells would otherwise compile every module at every command start)
+	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -106,6 +106,13 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     py = sys.executable
+    import compileall
+
+    import myocomp
+
+    # as a pip install leaves it: byte-compiled (an editable checkout in a shell with
+    # PYTHONDONTWRITEBYTECODE=1 would compile every module in every process)
+    compileall.compile_dir(Path(myocomp.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         paths = write_inputs(Path(tmp), shape)

@@ -203,15 +203,26 @@ def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profil
         from myocomp.imaging.dixon import load_nifti
 
         dixon, label_img = ff_given, load_nifti(labels, "label map")
+    from concurrent.futures import ThreadPoolExecutor
+
     from myocomp.imaging import qc
 
-    signal = qc.signal_check(dixon)
-    if signal.errors:
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: these run at once
+        signal_job = pool.submit(qc.signal_check, dixon)
+        pool.submit(lambda: dixon.background_noise)  # cached on the volume for quantify
+        try:
+            label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
+            labelmap, label_error = labelmap_from_array(
+                label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
+                anatomy_check=not skip_anatomy_check), None  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - raised below, after the signal's own refusal
+            labelmap, label_error = None, exc
+        signal = signal_job.result()
+    if signal.errors:  # impossible channels are named first, as before
         role, reason = signal.errors[0]
         raise DataError(reason, source=images.get(role) or dicom or ff_source)
-    label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
-    labelmap = labelmap_from_array(label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
-                                   anatomy_check=not skip_anatomy_check)
+    if label_error is not None:
+        raise label_error
     return dixon, signal, labelmap
 
 

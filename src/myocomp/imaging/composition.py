@@ -29,7 +29,6 @@ from myocomp.imaging.dixon import (
     DixonVolume,
     NoiseEstimate,
     default_noise_floor,
-    estimate_noise_sigma,
     fat_fraction,
     negative_voxels,
     same_grid,
@@ -516,7 +515,7 @@ def _resolve_ff_method(
     if noise_sigma is not None:
         noise = NoiseEstimate(float(noise_sigma), "given")
     else:
-        noise = estimate_noise_sigma(dixon.water, dixon.fat, floor)  # type: ignore[arg-type]
+        noise = dixon.background_noise
     if ff_method == "noise-corrected" and noise.sigma is None:
         if not default:
             raise ConfigError(f"cannot estimate the noise sigma ({noise.note}); give --noise-sigma "

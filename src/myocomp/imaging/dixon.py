@@ -79,6 +79,14 @@ class DixonVolume:
     def single_contrast(self) -> bool:
         return self.fat is None
 
+    @functools.cached_property
+    def background_noise(self) -> NoiseEstimate:
+        """:func:`estimate_noise_sigma` of water and fat, computed once per volume (the arrays
+        are not to be changed after loading); a volume without fat has no estimate."""
+        if self.fat is None:
+            return NoiseEstimate(None, "background", 0, "no fat image")
+        return estimate_noise_sigma(self.water, self.fat)
+
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel edge lengths in mm: the norms of the affine's first three columns."""
