@@ -32,6 +32,9 @@ MAX_VOXELS = 2**30
 #: Largest ratio of uncompressed to compressed size that deflate can reach (~1032:1), with margin.
 GZIP_MAX_RATIO = 1100
 
+#: Volumes of at least this many voxels get their fat fraction computed by two threads.
+PARALLEL_FF_VOXELS = 1 << 21
+
 #: Default noise floor of the fat-fraction map, as a fraction of the 99th percentile of W + F.
 NOISE_FLOOR_FRACTION = 0.05
 
@@ -701,10 +704,18 @@ def fat_fraction(
     ff = np.empty_like(water, dtype=np.float32)  # same memory layout: slabs stay contiguous
     axis = int(np.argmax(np.abs(water.strides)))  # the slowest-varying axis
     step = max(1, (1 << 18) // max(1, water.size // water.shape[axis]))
-    for k0 in range(0, water.shape[axis], step):
-        sl = (slice(None),) * axis + (slice(k0, k0 + step),)
+    slabs = [(slice(None),) * axis + (slice(k0, k0 + step),) for k0 in range(0, water.shape[axis], step)]
+
+    def one(sl) -> None:
         ip = None if in_phase is None else np.asarray(in_phase)[sl]
         ff[sl] = _ff_block(water[sl], fat[sl], ip, method, noise_sigma, floor)
+
+    if water.size < PARALLEL_FF_VOXELS:
+        for sl in slabs:
+            one(sl)
+    else:  # elementwise, so the slabs are independent; numpy releases the GIL
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(one, slabs))
     return ff
 
 
