@@ -484,9 +484,14 @@ class NoiseEstimate:
     note: str = ""
 
 
+def sample_step(arr: np.ndarray, max_voxels: int = 2_000_000) -> int:
+    """The stride, the same along every axis, that leaves at most about ``max_voxels`` voxels."""
+    return max(1, int(np.ceil((arr.size / max_voxels) ** (1 / arr.ndim))))
+
+
 def strided_sample(arr: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
-    """A view of ``arr`` on the same stride along every axis, at most about ``max_voxels`` voxels."""
-    step = max(1, int(np.ceil((arr.size / max_voxels) ** (1 / arr.ndim))))
+    """A view of ``arr`` on the :func:`sample_step` stride along every axis."""
+    step = sample_step(arr, max_voxels)
     return arr[(slice(None, None, step),) * arr.ndim]
 
 

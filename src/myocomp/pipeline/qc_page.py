@@ -70,10 +70,10 @@ def _plane_ff(dixon, cut: tuple, floor: float) -> np.ndarray:
 
 def _centre(labels: np.ndarray, muscle_ids: list[int]) -> tuple[int, int]:
     """(coronal, axial) indices through the muscles: the median voxel of a sample of them."""
+    from myocomp.imaging.dixon import sample_step, strided_sample
     from myocomp.imaging.metrics import member_mask
 
-    step = max(1, int(np.ceil((labels.size / 2_000_000) ** (1 / 3))))
-    sample = labels[::step, ::step, ::step]
+    step, sample = sample_step(labels), strided_sample(labels)
     where = np.argwhere(member_mask(sample, muscle_ids))
     if not where.size:
         return labels.shape[1] // 2, labels.shape[2] // 2
