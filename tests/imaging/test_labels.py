@@ -62,3 +62,27 @@ def test_dataset_json_and_user_mapping(tmp_path):
 def test_unknown_profile_is_clear():
     with pytest.raises(LabelError, match="unknown label profile 'nosuchtool'"):
         get_profile("nosuchtool")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_present_label_ids_is_exact_on_every_layout(seed):
+    """Run starts only: equal to np.unique for any dtype, memory order, view, chunk size, and a
+    label that occurs in one voxel only (at a chunk boundary, at the first and the last voxel)."""
+    import numpy as np
+
+    from myocomp.imaging.labels import present_label_ids
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        shape = tuple(int(n) for n in rng.integers(1, 24, 3))
+        data = np.repeat(rng.integers(0, int(rng.integers(2, 400)), shape[0]), shape[1] * shape[2]).reshape(shape)
+        data = data.astype(rng.choice([np.uint8, np.uint16, np.int16, np.int32]), copy=False) % 250
+        data.flat[int(rng.integers(0, data.size))] = 251
+        data.flat[0], data.flat[-1] = 252, 253
+        layouts = [data, np.asfortranarray(data), data[::2, ::-1], np.moveaxis(data, 0, 2)]
+        chunk = int(rng.integers(1, 64))
+        for view in layouts:
+            expected = np.unique(view)
+            np.testing.assert_array_equal(present_label_ids(view, chunk=chunk), expected[expected != 0])
+    negative = np.array([[[-3, 0, 7]]])
+    np.testing.assert_array_equal(present_label_ids(negative), [-3, 7])

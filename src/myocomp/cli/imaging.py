@@ -192,38 +192,63 @@ def _input_paths(images: dict, labels: Path, dicom, ff_map, echoes, profile: str
 
 def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profile: str, skip_anatomy_check: bool,
                   ff_source):
-    """(DixonVolume, its signal check, LabelMap): impossible channels are refused here."""
-    from myocomp.imaging.labelmap import label_grid, labelmap_from_array
+    """(DixonVolume, its signal check, LabelMap): impossible channels are refused here.
+
+    The reads and checks run in threads (gzip decoding and numpy release the GIL) while this
+    thread imports what the metrics and QC need. Errors come in a fixed order: an unreadable
+    image, then the label file, then an impossible channel, then the label map's own checks.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from myocomp._startup import paused_gc
+    from myocomp.imaging import qc
+    from myocomp.imaging.dixon import load_nifti
     from myocomp.imaging.labels import AUTO_PROFILE, get_profile
 
     label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
-    if ff_given is None:
-        dixon, label_img = read_inputs(images, dicom, labels, grid_from)
-    else:
-        from myocomp.imaging.dixon import load_nifti
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        if ff_given is None:
+            dixon_job = pool.submit(_read_images, images, dicom, grid_from)
+        else:
+            dixon_job = Future()
+            dixon_job.set_result(ff_given)
+        label_job = pool.submit(load_nifti, labels, "label map")
+        signal_job = pool.submit(lambda: qc.signal_check(dixon_job.result()))
+        pool.submit(lambda: dixon_job.result().background_noise)  # cached on the volume for quantify
+        labelmap_job = pool.submit(_checked_labelmap, dixon_job, label_job, labels, label_profile, skip_anatomy_check)
+        with paused_gc():
+            import scipy.ndimage  # noqa: F401  (QC's morphology)
 
-        dixon, label_img = ff_given, load_nifti(labels, "label map")
-    from concurrent.futures import ThreadPoolExecutor
-
-    from myocomp.imaging import qc
-
-    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: these run at once
-        signal_job = pool.submit(qc.signal_check, dixon)
-        pool.submit(lambda: dixon.background_noise)  # cached on the volume for quantify
-        try:
-            label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
-            labelmap, label_error = labelmap_from_array(
-                label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
-                anatomy_check=not skip_anatomy_check), None  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - raised below, after the signal's own refusal
-            labelmap, label_error = None, exc
+            import myocomp.imaging.composition  # noqa: F401
+            import myocomp.io  # noqa: F401
+        dixon, _ = dixon_job.result(), label_job.result()
         signal = signal_job.result()
-    if signal.errors:  # impossible channels are named first, as before
-        role, reason = signal.errors[0]
-        raise DataError(reason, source=images.get(role) or dicom or ff_source)
-    if label_error is not None:
-        raise label_error
-    return dixon, signal, labelmap
+        if signal.errors:  # impossible channels are named before the label map's problems
+            role, reason = signal.errors[0]
+            raise DataError(reason, source=images.get(role) or dicom or ff_source)
+        return dixon, signal, labelmap_job.result()
+
+
+def _read_images(images: dict, dicom: Path | None, grid_from: str | None):
+    """The DixonVolume of --dicom or of the NIfTI channels."""
+    if dicom is not None:
+        from myocomp.imaging.dicom import read_dicom_dixon
+
+        return read_dicom_dixon(dicom)
+    from myocomp.imaging.dixon import load_dixon
+
+    return load_dixon(images["water"], images["fat"], in_phase=images["in_phase"],
+                      opposed_phase=images["opposed_phase"], grid_from=grid_from)
+
+
+def _checked_labelmap(dixon_job, label_job, labels: Path, label_profile, skip_anatomy_check: bool):
+    """The LabelMap on the images' grid, once both are read (the anatomy check included)."""
+    from myocomp.imaging.labelmap import label_grid, labelmap_from_array
+
+    dixon, label_img = dixon_job.result(), label_job.result()
+    label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
+    return labelmap_from_array(label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
+                               anatomy_check=not skip_anatomy_check)
 
 
 def _vertebra_map(vertebrae: Path | None, vertebrae_profile: str, dixon, level_axis: str):
@@ -246,30 +271,6 @@ def _write_outputs(tables: list, provenance: Path | None, record: dict, protect:
                 write_table(table, stage.file(path))
         if provenance is not None:
             write_json(record, stage.file(provenance))
-
-
-def read_inputs(images: dict, dicom: Path | None, labels: Path, grid_from: str | None):
-    """(DixonVolume, label NIfTI image) read concurrently: the files decompress (ISA-L and zlib
-    release the GIL) while the main thread imports pandas and scipy for the metrics."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from myocomp.imaging.dixon import load_dixon, load_nifti
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        if dicom is not None:
-            from myocomp.imaging.dicom import read_dicom_dixon
-
-            dixon_job = pool.submit(read_dicom_dixon, dicom)
-        else:
-            dixon_job = pool.submit(load_dixon, images["water"], images["fat"], in_phase=images["in_phase"],
-                                    opposed_phase=images["opposed_phase"], grid_from=grid_from)
-        label_job = pool.submit(load_nifti, labels, "label map")
-        import scipy.ndimage  # noqa: F401  (imports overlap the reads: QC's morphology)
-
-        import myocomp.imaging.composition  # noqa: F401
-        import myocomp.io  # noqa: F401
-
-        return dixon_job.result(), label_job.result()
 
 
 @app.command()

@@ -40,12 +40,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from myocomp.imaging.dixon import strided_sample, voxel_spacing
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FLAG_COLUMNS = (
     "qc_swap_suspected", "qc_missing_labels", "qc_volume_out_of_range", "qc_geometry", "qc_signal",
@@ -331,6 +333,8 @@ def volume_out_of_range(
     metrics: pd.DataFrame, ranges: Mapping[str, tuple[float, float]]
 ) -> pd.Series:
     """Per row: True if ``volume_ml`` is outside the range configured for the row's ``group``."""
+    import pandas as pd  # here, not at the top: the CLI's signal check runs while pandas imports
+
     bounds = np.array([ranges.get(g, (-np.inf, np.inf)) for g in metrics["group"]], dtype=float)
     vol = metrics["volume_ml"].to_numpy(dtype=float)
     if not len(vol):

@@ -1,0 +1,33 @@
+"""The command line's start-up: imports with the garbage collector paused, and restored after."""
+
+import gc
+
+import pytest
+
+from myocomp._startup import paused_gc
+
+
+@pytest.mark.parametrize("was_enabled", [True, False])
+def test_paused_gc_pauses_and_restores(was_enabled):
+    (gc.enable if was_enabled else gc.disable)()
+    try:
+        frozen = gc.get_freeze_count()
+        with paused_gc():
+            assert not gc.isenabled()
+            garbage = [[]]
+            garbage[0].append(garbage)
+        assert gc.isenabled() is was_enabled
+        assert gc.get_freeze_count() == frozen  # nothing kept alive in a long-lived process
+        with pytest.raises(KeyError), paused_gc():
+            raise KeyError("an import that fails")
+        assert gc.isenabled() is was_enabled
+    finally:
+        gc.enable()
+
+
+def test_console_script_and_python_m_run_the_same_entry():
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["myocomp"] == "myocomp.__main__:run"
