@@ -31,3 +31,17 @@ def test_console_script_and_python_m_run_the_same_entry():
 
     scripts = tomllib.loads(Path(__file__).parents[1].joinpath("pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["myocomp"] == "myocomp.__main__:run"
+
+
+def test_quick_thread_switches_restores_the_interval():
+    import sys
+
+    from myocomp._startup import quick_thread_switches
+
+    before = sys.getswitchinterval()
+    with quick_thread_switches(1e-4):
+        assert sys.getswitchinterval() == pytest.approx(1e-4)
+    assert sys.getswitchinterval() == before
+    with pytest.raises(OSError), quick_thread_switches():
+        raise OSError("a read that fails")
+    assert sys.getswitchinterval() == before

@@ -200,13 +200,13 @@ def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profil
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from myocomp._startup import paused_gc
+    from myocomp._startup import paused_gc, quick_thread_switches
     from myocomp.imaging import qc
     from myocomp.imaging.dixon import load_nifti
     from myocomp.imaging.labels import AUTO_PROFILE, get_profile
 
     label_profile = profile if profile.lower() == AUTO_PROFILE else get_profile(profile)
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with quick_thread_switches(), ThreadPoolExecutor(max_workers=4) as pool:
         if ff_given is None:
             dixon_job = pool.submit(_read_images, images, dicom, grid_from)
         else:
