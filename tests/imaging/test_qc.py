@@ -172,3 +172,23 @@ def test_assess_ignores_a_map_without_a_fat_image() -> None:
     lm = labelmap_from_array(p.labels, p.affine, "mrsegmentator", reference=dixon)
     gmm = np.ones(p.labels.shape, np.float32)  # a posterior, not a fat fraction
     assert not qc.assess(dixon, lm, GROUPS, ff=gmm).swap_suspected
+
+
+def test_identical_channels_are_exact_beyond_the_quick_grid():
+    """The strided quick look only answers "different": one differing voxel off the grid, NaN in
+    both, and another memory order are all judged on every voxel."""
+    import numpy as np
+
+    from myocomp.imaging.qc import _identical
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(61, 47, 33))
+    a[5, 6, 7] = np.nan
+    assert _identical(a, a.copy())
+    assert _identical(a, np.asfortranarray(a))
+    b = a.copy()
+    b[59, 45, 31] += 1e-9  # not on the quick grid (steps 3, 2, 2)
+    assert not _identical(a, b)
+    assert not _identical(a, np.where(np.isnan(a), 0.0, a))
+    assert not _identical(a, a[:-1])
+    assert _identical(a.ravel(), a.ravel().copy()) and not _identical(a.ravel(), b.ravel())
