@@ -26,9 +26,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/myocomp demo --out demo_out
 
-# Debian packages of the tests' real services (SLURM + munge, headless Chromium), installed once, one
-# apt run at a time, where this is root with apt-get; elsewhere those tests skip and say why.
-TEST_DEBS := slurm-wlm munge chromium
+# Debian packages of the tests' real services (SLURM + munge, headless Chromium) and peers (R MASS::polr),
+# installed once, one apt run at a time, where this is root with apt-get; elsewhere those tests skip and say why.
+TEST_DEBS := slurm-wlm munge chromium r-cran-mass
 test-services:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

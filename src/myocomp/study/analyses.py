@@ -487,28 +487,40 @@ def symptom_burden(d: pd.DataFrame, threshold: float = 4.0, nagq: int = 1
 
 def ordinal_sensitivity(d: pd.DataFrame) -> pd.DataFrame:
     """Proportional-odds (cumulative logit) model of the pain category (0-3 / 4-6 / 7-10)
-    among people with CBP, with the adjusted model's covariates and site as fixed effects
-    (statsmodels ``OrderedModel``). ORs > 1 mean higher pain categories."""
+    among people with CBP, with the adjusted model's covariates and site as fixed effects,
+    fitted to the maximum of its likelihood (:func:`myocomp.stats.ordinal.fit_ordered_logit`,
+    Newton-Raphson on the analytic score). ORs > 1 mean higher pain categories. A fit that
+    cannot be estimated or does not converge is reported as NaN with a ``note``."""
+    from myocomp.stats.ordinal import fit_ordered_logit
+
     sub = d[d["cbp"] == 1]
     exog_cols = ["z_intermat", "z_lmm", "age", "female", "diabetes", "dyslipidemia",
                  "osteoporosis", "osteoarthritis", "pa_low", "pa_high"]
     cc, dropped = complete_cases(sub, ["pain_category", "site", *exog_cols])
     cols = ["model", "term", "label", "unit", "OR", "lower", "upper", "p", "estimate", "se",
             "n", "n_dropped", "note"]
-    if len(cc) < 30 or cc["pain_category"].nunique() < 2:
+
+    def not_estimable(note: str) -> pd.DataFrame:
         return pd.DataFrame([{"model": "ordinal", "term": t, "label": LABELS[t], "n": len(cc),
-                              "n_dropped": dropped, "note": "not estimable: too few people"}
-                             for t in MARKERS], columns=cols)
+                              "n_dropped": dropped, "note": note} for t in MARKERS],
+                            columns=cols)
+
+    if len(cc) < 30 or cc["pain_category"].nunique() < 2:
+        return not_estimable("not estimable: too few people")
     exog = cc[exog_cols].astype(float)
     sites = pd.get_dummies(cc["site"].astype(str), prefix="site", drop_first=True, dtype=float)
     exog = pd.concat([exog, sites], axis=1)
     exog = exog.loc[:, exog.std() > 0]
-    endog = pd.Series(pd.Categorical(cc["pain_category"].astype(int), categories=[0, 1, 2],
-                                     ordered=True), index=cc.index)
-    model = _logit_ordered_model()(endog, exog, distr="logit")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = model.fit(method="bfgs", disp=False, maxiter=500)
+    # category codes 0 .. K-1 of the categories present
+    codes = np.unique(cc["pain_category"].astype(int), return_inverse=True)[1]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = fit_ordered_logit(exog, codes.reshape(-1))
+    except (MyocompError, np.linalg.LinAlgError) as exc:
+        return not_estimable(f"not estimable: {str(exc).splitlines()[0]}")
+    if not res.converged:
+        return not_estimable("not estimable: the ordinal model did not converge")
     ci = res.conf_int()
     labels = {"pa_low": LABELS[f"{PA_TERM}[T.low]"], "pa_high": LABELS[f"{PA_TERM}[T.high]"]}
     rows = []
@@ -518,26 +530,12 @@ def ordinal_sensitivity(d: pd.DataFrame) -> pd.DataFrame:
             unit = "vs moderate"
         rows.append({"model": "ordinal", "term": term, "label": labels.get(term) or LABELS[term],
                      "unit": unit, "OR": math.exp(scale * res.params[term]),
-                     "lower": math.exp(scale * ci.loc[term, 0]),
-                     "upper": math.exp(scale * ci.loc[term, 1]), "p": float(res.pvalues[term]),
-                     "estimate": float(res.params[term]), "se": float(res.bse[term]),
-                     "n": len(cc), "n_dropped": dropped,
-                     "note": "" if res.mle_retvals.get("converged", True) else "not converged"})
+                     "lower": math.exp(scale * ci.loc[term, "lower"]),
+                     "upper": math.exp(scale * ci.loc[term, "upper"]),
+                     "p": float(res.pvalues[term]), "estimate": float(res.params[term]),
+                     "se": float(res.bse[term]), "n": len(cc), "n_dropped": dropped,
+                     "note": ""})
     return pd.DataFrame(rows, columns=cols)
-
-
-def _logit_ordered_model() -> type:
-    """statsmodels ``OrderedModel`` whose logistic cdf is ``scipy.special.expit`` called
-    directly: the number scipy's ``stats.logistic.cdf`` returns (its ``_cdf`` is expit), without
-    the distribution machinery around it, which is most of the fit's time (the optimiser's
-    numerical gradients evaluate the likelihood thousands of times)."""
-    from statsmodels.miscmodels.ordinal_model import OrderedModel
-
-    class LogitOrderedModel(OrderedModel):
-        def cdf(self, x: np.ndarray) -> np.ndarray:
-            return special.expit(x)
-
-    return LogitOrderedModel
 
 
 def reference_covariates(d: pd.DataFrame) -> dict[str, Any]:
