@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from myocomp.errors import InputFileError
+from myocomp.errors import ConfigError, InputFileError
 from myocomp.io import (
     atomic_path,
     current_umask,
@@ -155,3 +155,19 @@ def test_read_document_json_toml_and_its_errors(tmp_path):
     conf.write_bytes(b"seed = \xff\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         read_document(conf, "config file", toml=True, invalid=ConfigError)
+
+
+def test_now_utc_honours_source_date_epoch(monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from myocomp.io import now_utc, utc_timestamp
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert abs(now_utc() - datetime.now(UTC)) < timedelta(seconds=5)
+    assert now_utc().microsecond == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1735689600")
+    assert utc_timestamp() == "2025-01-01T00:00:00+00:00"
+    for bad in ("", "1.5e9", "-1", "soon", "99999999999999999999"):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", bad)
+        with pytest.raises(ConfigError, match="^SOURCE_DATE_EPOCH: "):
+            now_utc()

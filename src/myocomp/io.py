@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,28 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def now_utc() -> datetime:
+    """The time outputs are stamped with (UTC, to the second): now, or the time of the
+    environment variable ``SOURCE_DATE_EPOCH`` (integer seconds since 1970-01-01 UTC, the
+    reproducible-builds convention) when it is set, so that two runs write identical files.
+    A malformed value raises :class:`ConfigError`."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    if not (value.isascii() and value.isdigit()):
+        raise ConfigError(f"{value!r} is not an integer number of seconds since "
+                          "1970-01-01 UTC", source="SOURCE_DATE_EPOCH")
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ConfigError(f"{value!r} is out of range", source="SOURCE_DATE_EPOCH") from None
+
+
+def utc_timestamp() -> str:
+    """:func:`now_utc` in ISO 8601, e.g. ``2025-01-31T12:00:00+00:00``."""
+    return now_utc().isoformat()
 
 
 def _json_default(value: Any) -> Any:

@@ -134,3 +134,23 @@ def test_store_merge_sorts_and_reports_current(tmp_path: Path) -> None:
         ("A", "back"), ("A", "psoas"), ("B", "back"), ("B", "psoas")
     ]  # fmt: skip
     assert not store.is_current("A", {}, {})
+
+
+def test_provenance_time_honours_source_date_epoch(one, monkeypatch) -> None:
+    man, out = one
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1735689600")
+    assert process_participant(man.participants[0], out, BatchParams(), "run1").status == "done"
+    assert prov(out, "P1")["created_utc"] == "2025-01-01T00:00:00+00:00"
+
+
+def test_batch_refuses_a_malformed_source_date_epoch(one, tmp_path: Path, capsys,
+                                                     monkeypatch) -> None:
+    from myocomp.cli import main
+
+    _, out = one
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "2025-01-01")
+    assert main(["batch", str(tmp_path / "m.csv"), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: SOURCE_DATE_EPOCH: '2025-01-01' is not an integer number of "
+                   "seconds since 1970-01-01 UTC")
+    assert not out.exists()

@@ -202,3 +202,24 @@ def test_synthetic_cohort_without_metrics_table(tmp_path, capsys):
             in html)
     auc = pd.read_csv(out / "tables" / "validation.csv").iloc[0]
     assert f"AUC {auc['value']:.3f} (DeLong 95 % CI {auc['lower']:.3f}–{auc['upper']:.3f})" in html
+
+
+def test_source_date_epoch_makes_model_json_reproducible(tmp_path, capsys, monkeypatch):
+    """Two runs with SOURCE_DATE_EPOCH set write byte-identical model.json, stamped with that
+    time; a malformed value stops the study before any output, exit 2."""
+    cohort = tmp_path / "cohort.parquet"
+    assert main(["synth-cohort", "--n", "600", "--seed", "2", "--out", str(cohort)]) == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1735689600")
+    for run in ("a", "b"):
+        assert main(["study", "--data", str(cohort), "--out", str(tmp_path / run),
+                     "--bootstrap", "3"]) == 0
+    a, b = ((tmp_path / run / "model.json").read_bytes() for run in ("a", "b"))
+    assert a == b
+    assert json.loads(a)["created_utc"] == "2025-01-01T00:00:00+00:00"
+    assert "generated 2025-01-01 00:00 UTC" in (tmp_path / "a" / "report.html").read_text()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "tomorrow")
+    capsys.readouterr()
+    assert main(["study", "--data", str(cohort), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: SOURCE_DATE_EPOCH: 'tomorrow' is not an integer")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "c").exists()

@@ -37,8 +37,15 @@ def batch(
     progress: bool = _O(True, "--progress/--no-progress", help="Show a progress bar."),
     skip_anatomy_check: bool = _O(False, "--skip-anatomy-check", help="Do not check label maps against anatomy (odd fields of view); recorded in each provenance."),
 ) -> None:  # fmt: skip
-    """Process a cohort on Dask: one resumable task per participant, failures listed in errors.csv."""
+    """Process a cohort on Dask: one resumable task per participant, failures listed in errors.csv.
+
+    Each participant's provenance.json records created_utc: now, or the time of the environment
+    variable SOURCE_DATE_EPOCH (integer seconds since 1970-01-01 UTC) when it is set.
+    """
+    from myocomp.io import now_utc
     from myocomp.pipeline.params import read_batch_config  # the pipeline only when a batch runs
+
+    now_utc()  # a malformed SOURCE_DATE_EPOCH stops here, before any work
 
     options = {
         "workers": workers, "scheduler": scheduler, "scheduler_timeout": scheduler_timeout,

@@ -30,19 +30,23 @@ def study(
     """Run the CBP study: Table 1, PA, mixed models, strata, symptoms, interaction, nomogram.
 
     Every output is written to a folder beside --out first and moved in only when the whole
-    study succeeded; inputs are never overwritten.
+    study succeeded; inputs are never overwritten. With the environment variable
+    SOURCE_DATE_EPOCH (integer seconds since 1970-01-01 UTC) set, model.json and the report
+    are stamped with that time instead of now: two runs on the same inputs then write
+    byte-identical model.json.
     """
     import time
     import uuid
 
     from myocomp.cli.app import captured_warnings
-    from myocomp.io import check_output_paths, staged_outputs, write_text
+    from myocomp.io import check_output_paths, now_utc, staged_outputs, write_text
     from myocomp.options import check_options
     from myocomp.pipeline.lock import output_lock
     from myocomp.study.phenotypes import load_config
     from myocomp.study.run import run_study
 
     check_options({"--bootstrap": bootstrap, "--seed": seed})
+    now_utc()  # a malformed SOURCE_DATE_EPOCH stops here, before any work
     inputs = {"--data": data, "--metrics": metrics, "--config": config}
     check_output_paths({"--out": out}, inputs, folders=["--out"])
     cfg = load_config(config).with_options(bootstrap=bootstrap, seed=seed,

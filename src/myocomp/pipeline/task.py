@@ -14,12 +14,12 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from myocomp.errors import GeometryError, LabelError, MyocompError
 from myocomp.imaging.qc import QCConfig
+from myocomp.io import utc_timestamp
 from myocomp.pipeline.manifest import Participant
 from myocomp.pipeline.store import ResultStore, current_hashes, fingerprint_inputs
 
@@ -353,7 +353,7 @@ def process_participant(
             "participant_id": pid,
             "site": p.site,
             "run_id": run_id,
-            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_utc": utc_timestamp(),
             "seconds": round(time.perf_counter() - start, 3),
             "inputs": _inputs_record(p, files, params.record_paths),
             "input_fingerprint": fingerprints,

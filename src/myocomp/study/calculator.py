@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from myocomp.errors import ConfigError
-from myocomp.io import write_text
+from myocomp.io import utc_timestamp, write_text
 from myocomp.stats.nomogram import Nomogram
 from myocomp.study.nomogram_figure import (
     NomogramAxis,
@@ -89,8 +88,9 @@ def heatmap_dict(predicted: pd.DataFrame) -> dict[str, Any]:
 
 
 def utc_now() -> str:
-    """The current UTC time, ISO 8601 to the second (model provenance)."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat()
+    """The current UTC time, ISO 8601 to the second (model provenance), or that of
+    ``SOURCE_DATE_EPOCH`` when set (:func:`myocomp.io.now_utc`)."""
+    return utc_timestamp()
 
 
 def _fields(model: dict[str, Any]) -> list[dict[str, Any]]:

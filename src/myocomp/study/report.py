@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import platform
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from myocomp.io import write_text
+from myocomp.io import now_utc, write_text
 from myocomp.study.analyses import LABELS, TABLE1_GROUPS
 from myocomp.study.checks import QCExclusion, n_truncated_fov, truncated_fov_message
 from myocomp.study.result import StudyResult
@@ -199,7 +198,7 @@ def _head_and_data(result: StudyResult, data: pd.DataFrame | None = None) -> lis
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>myocomp CBP study report</title>", f"<style>{_CSS}</style></head><body>",
         "<h1>Back-muscle composition and chronic back pain</h1>",
-        f"<p>myocomp study report, generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}."
+        f"<p>myocomp study report, generated {now_utc().strftime('%Y-%m-%d %H:%M UTC')}."
         f" {result.n_analysed:,} participants in the adjusted model; {n_cbp:,} with CBP. "
         "Analyses follow Ziegelmayer et al., <i>Lancet Reg Health Eur</i> 54:101323 (2025).</p>",
         "<nav><ol>" + "".join(f"<li><a href='#{s}'>{s.replace('-', ' ').title()}</a></li>"
