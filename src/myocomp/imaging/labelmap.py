@@ -48,21 +48,24 @@ def labelmap_from_array(
         data = data.astype(np.int32)
     data, new_affine = canonical(data, np.asarray(affine, dtype=float))
     if reference is not None:
-        if data.shape != reference.shape:
-            raise GeometryError(
-                f"label map shape {data.shape} differs from image shape {reference.shape}: "
-                "labels are on another grid",
-                source=source,
-            )
-        if not same_grid(new_affine, reference.affine, shape=reference.shape):
-            raise GeometryError(
-                "label map affine differs from the image's by up to "
-                f"{np.abs(new_affine - reference.affine).max():.3g} mm: labels are on another grid",
-                source=source,
-            )
+        check_on_grid(data.shape, new_affine, reference, "label map", "labels", source)
     image = getattr(reference, "water", None)
     profile, record = verify_profile(data, new_affine, profile, image=image, check=anatomy_check, source=source)
     return LabelMap(data=data, affine=new_affine, profile=profile, anatomy=record)
+
+
+def check_on_grid(shape: tuple[int, ...], affine: np.ndarray, reference: Any, role: str, what: str,
+                  source: str | Path | None = None) -> None:
+    """Refuse a canonical label volume (``shape``, 4 x 4 ``affine``) that is not on the grid of
+    ``reference`` (a DixonVolume): :class:`GeometryError` naming ``source``, e.g. ``"label map
+    shape (..) differs from image shape (..): labels are on another grid"``."""
+    if tuple(shape) != tuple(reference.shape):
+        raise GeometryError(f"{role} shape {tuple(shape)} differs from image shape {tuple(reference.shape)}: "
+                            f"{what} are on another grid", source=source)
+    if not same_grid(affine, reference.affine, shape=reference.shape):
+        raise GeometryError(f"{role} affine differs from the image's by up to "
+                            f"{np.abs(affine - reference.affine).max():.3g} mm: {what} are on another grid",
+                            source=source)
 
 
 def load_labels(
@@ -79,13 +82,14 @@ def load_labels(
     )
 
 
-def label_grid(label_img, grid: dict, path: str | Path) -> np.ndarray:
-    """The label map's affine (4 x 4) under a declared grid (``--grid-from``, a DixonVolume's
-    ``grid``): the grid's affine if :func:`~myocomp.imaging.dixon.adopt_grid` allows it, which
-    raises :class:`GeometryError` otherwise; a replaced header is recorded in ``grid``."""
+def label_grid(label_img, grid: dict, path: str | Path, role: str = "label map") -> np.ndarray:
+    """The affine (4 x 4) of a label map (``role``: also ``"vertebra map"``) under a declared
+    grid (``--grid-from``, a DixonVolume's ``grid``): the grid's affine if
+    :func:`~myocomp.imaging.dixon.adopt_grid` allows it, which raises :class:`GeometryError`
+    naming ``path`` otherwise; a replaced header is recorded in ``grid["replaced"][role]``."""
     grid_affine = np.asarray(grid["affine"])
-    change = adopt_grid(label_img.shape, label_img.affine, tuple(grid["shape"]), grid_affine, "label map",
+    change = adopt_grid(label_img.shape, label_img.affine, tuple(grid["shape"]), grid_affine, role,
                         grid["from"], path)
     if change:
-        grid["replaced"]["label map"] = change
+        grid["replaced"][role] = change
     return grid_affine

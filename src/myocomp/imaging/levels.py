@@ -389,12 +389,18 @@ def load_vertebrae(
 ) -> LabelMap:
     """Load a vertebra label map NIfTI onto the canonical grid of ``reference`` (a DixonVolume).
 
-    The levels are checked here (:func:`find_levels` with ``axis``), so errors name the file.
+    Under a declared shared grid (``reference.grid``, ``--grid-from``) it takes the grid's
+    header as the muscle label map does (:func:`~myocomp.imaging.labelmap.label_grid`: same
+    shape, voxel size and axes, else refused). The levels are checked here
+    (:func:`find_levels` with ``axis``), so errors name the file.
     """
     from myocomp.imaging.dixon import load_nifti
+    from myocomp.imaging.labelmap import label_grid
 
     img = load_nifti(path, role="vertebra map")
-    vmap = vertebrae_from_array(np.asanyarray(img.dataobj), img.affine, profile, reference, source=str(path))
+    grid = getattr(reference, "grid", None)
+    affine = img.affine if grid is None else label_grid(img, grid, path, role="vertebra map")
+    vmap = vertebrae_from_array(np.asanyarray(img.dataobj), affine, profile, reference, source=str(path))
     find_levels(vmap.data, vmap.affine, vmap.profile.ids, axis=axis, source=str(path))
     return vmap
 
@@ -408,7 +414,8 @@ def vertebrae_from_array(
 ) -> LabelMap:
     """Validate an in-memory vertebra label volume: integer ids known to ``profile``, at least one
     vertebra, and (with ``reference``) the reference's grid after canonical reorientation."""
-    from myocomp.imaging.dixon import canonical, check_affine, same_grid
+    from myocomp.imaging.dixon import canonical, check_affine
+    from myocomp.imaging.labelmap import check_on_grid
     from myocomp.imaging.labels import present_label_ids
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -421,8 +428,8 @@ def vertebrae_from_array(
             raise LabelError("vertebra map holds non-integer values", source=source)
         data = data.astype(np.int32)
     data, new_affine = canonical(data, np.asarray(affine, dtype=float))
-    if reference is not None and (data.shape != reference.shape or not same_grid(new_affine, reference.affine)):
-        raise GeometryError("vertebra map is not on the grid of the images", source=source)
+    if reference is not None:
+        check_on_grid(data.shape, new_affine, reference, "vertebra map", "vertebrae", source)
     present = [int(i) for i in present_label_ids(data)]
     unknown = [i for i in present if i not in profile.ids]
     if unknown:

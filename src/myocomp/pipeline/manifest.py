@@ -8,8 +8,9 @@ relative to the manifest's folder (absolute paths are kept). Columns:
     It names the participant's output folder, so it must be unique.
 Image source, exactly one per row:
     ``water`` + ``fat`` (+ optional ``in_phase``, ``opposed_phase``): NIfTI files on one grid.
-    ``grid_from`` (optional, one of these channel names) declares that they (and ``labels``)
-    share that channel's voxel grid and only their headers differ (``quantify --grid-from``).
+    ``grid_from`` (optional, one of these channel names) declares that they (and ``labels``,
+    ``vertebrae``) share that channel's voxel grid and only their headers differ
+    (``quantify --grid-from``).
     ``dicom_dir``: a folder holding the Dixon series (channels recognised from the headers).
     ``stations``: a folder with one NIfTI per station and channel, named
     ``<channel>_<n>.nii[.gz]`` (channel one of water, fat, in_phase, opposed_phase; n = 1, 2, ...).

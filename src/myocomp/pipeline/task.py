@@ -284,7 +284,8 @@ def _load_inputs(p: Participant, params: BatchParams, clock: _Clock):
         from myocomp.imaging.levels import DEFAULT_VERTEBRA_PROFILE, load_vertebrae
 
         profile = p.vertebrae_profile or DEFAULT_VERTEBRA_PROFILE
-        vertebrae = load_vertebrae(p.vertebrae, profile, reference=dixon)
+        with _grid_from_column():  # under grid_from the vertebra map takes the grid's header too
+            vertebrae = load_vertebrae(p.vertebrae, profile, reference=dixon)
     return dixon, labelmap, vertebrae
 
 
