@@ -190,3 +190,29 @@ def test_empty_manifest_and_missing_file(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_safe_participant_ids(value: str, ok: bool) -> None:
     assert is_safe_participant_id(value) is ok
+
+
+def test_channel_names_have_one_home_and_the_manifest_needs_no_numpy() -> None:
+    """The manifest's image columns, its station file names and the DICOM reader's channels are
+    one vocabulary (myocomp.imaging.channels); the manifest module imports no numpy."""
+    import subprocess
+    import sys
+
+    from myocomp.imaging import channels, dicom
+    from myocomp.pipeline import manifest
+
+    assert manifest.CHANNELS is channels.CHANNELS
+    assert set(dicom._TOKENS) == set(dicom._PHILIPS_TYPE.values()) == set(channels.CHANNELS)
+    assert {name for name, _ in dicom._DESCRIPTION} == {*channels.CHANNELS, "ignore"}
+    assert manifest.COLUMNS[1:5] == channels.CHANNELS
+    assert manifest._STATION_FILE.match("opposed_phase_12.nii.gz")
+    assert not manifest._STATION_FILE.match("t1_1.nii.gz")
+    # the module alone (the pipeline package's __init__ imports the whole pipeline)
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('manifest_alone', {manifest.__file__!r}); "
+            "m = sys.modules['manifest_alone'] = importlib.util.module_from_spec(spec); "
+            "spec.loader.exec_module(m); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pandas')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

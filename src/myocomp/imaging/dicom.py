@@ -33,7 +33,6 @@ import numpy as np
 
 from myocomp.errors import GeometryError, InputFileError
 
-CHANNELS = ("water", "fat", "in_phase", "opposed_phase")
 _TOKENS = {
     "water": {"WATER", "W"},
     "fat": {"FAT", "F"},
@@ -78,8 +77,9 @@ def _text(value: object) -> str:
 def classify(
     image_type: Sequence[str] = (), philips_type: str = "", description: str = ""
 ) -> str | None:
-    """The Dixon channel of an image from its headers: a name in :data:`CHANNELS`, ``"ignore"``
-    for derived maps (fat fraction, T2*), or None if unrecognised.
+    """The Dixon channel of an image from its headers: a name in
+    :data:`myocomp.imaging.channels.CHANNELS`, ``"ignore"`` for derived maps (fat fraction,
+    T2*), or None if unrecognised.
 
     >>> classify(["DERIVED", "PRIMARY", "DIXON", "WATER"])
     'water'

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from myocomp.errors import DataError, InputFileError
+from myocomp.imaging.channels import CHANNELS
 
-CHANNELS = ("water", "fat", "in_phase", "opposed_phase")
 STATION_COLUMNS = tuple(f"{c}_stations" for c in CHANNELS)
 COLUMNS = (
     "participant_id",
@@ -68,7 +68,7 @@ COLUMNS = (
     "grid_from",
 )
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_STATION_FILE = re.compile(r"^(water|fat|in_phase|opposed_phase)_(\d+)\.nii(\.gz)?$")
+_STATION_FILE = re.compile(rf"^({'|'.join(CHANNELS)})_(\d+)\.nii(\.gz)?$")
 
 
 class ManifestError(DataError):

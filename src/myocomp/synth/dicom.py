@@ -40,8 +40,8 @@ def write_dicom_series(
 ) -> list[Path]:
     """Write Dixon channels as classic single-frame MR DICOM series (one series per channel).
 
-    ``channels`` maps channel names (:data:`CHANNELS`) to (X, Y, Z) arrays on the RAS+ grid
-    ``affine``; slices run along array axis 2. Stored values are ``round((v - intercept) /
+    ``channels`` maps channel names (:data:`myocomp.imaging.channels.CHANNELS`) to (X, Y, Z)
+    arrays on the RAS+ grid ``affine``; slices run along array axis 2. Stored values are ``round((v - intercept) /
     slope)`` as uint16 with RescaleSlope/Intercept, so the read-back image is exact for values
     on that lattice. ``vendor`` chooses how channels are marked: ``"siemens"`` (ImageType
     tokens), ``"philips"`` (private (2005,1011)) or ``"ge"`` (SeriesDescription prefix).
