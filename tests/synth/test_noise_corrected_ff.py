@@ -147,3 +147,18 @@ def test_through_nifti_files_and_the_cli(tmp_path, capsys):
     assert metrics["method"].iloc[0] == "dixon_noise_corrected"
     for group in GROUPS:
         assert abs(metrics.loc[group, "ff_mean"] - truth["metrics"][group]["ff_mean"]) <= FF_TOL, group
+
+
+def test_volume_statistics_are_cached_and_equal_the_functions():
+    """The CLI computes them in threads while it imports; quantify then reads the cache."""
+    from myocomp.imaging.dixon import default_noise_floor, negative_voxels
+
+    phantom = make_phantom(4, shape=(40, 32, 12), snr=25.0)
+    signed = phantom.water - 3.0  # some negative water voxels
+    for water in (phantom.water, signed):
+        dixon = dixon_from_arrays(water, phantom.fat, phantom.affine)
+        assert dixon.noise_floor == default_noise_floor(water, phantom.fat)
+        assert dixon.negative_counts == negative_voxels(dixon)
+        assert dixon.background_noise == estimate_noise_sigma(water, phantom.fat)
+        assert dixon.noise_floor is dixon.noise_floor and dixon.negative_counts is dixon.negative_counts
+    assert dixon.negative_counts["water"] > 0

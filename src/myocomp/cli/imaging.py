@@ -214,7 +214,7 @@ def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profil
             dixon_job.set_result(ff_given)
         label_job = pool.submit(load_nifti, labels, "label map")
         signal_job = pool.submit(lambda: qc.signal_check(dixon_job.result()))
-        pool.submit(lambda: dixon_job.result().background_noise)  # cached on the volume for quantify
+        pool.submit(_volume_statistics, dixon_job)
         labelmap_job = pool.submit(_checked_labelmap, dixon_job, label_job, labels, label_profile, skip_anatomy_check)
         with paused_gc():
             import scipy.ndimage  # noqa: F401  (QC's morphology)
@@ -227,6 +227,12 @@ def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profil
             role, reason = signal.errors[0]
             raise DataError(reason, source=images.get(role) or dicom or ff_source)
         return dixon, signal, labelmap_job.result()
+
+
+def _volume_statistics(dixon_job) -> None:
+    """What quantify needs of the whole volume, cached on it: noise estimate, floor, negatives."""
+    dixon = dixon_job.result()
+    dixon.background_noise, dixon.noise_floor, dixon.negative_counts  # noqa: B018
 
 
 def _read_images(images: dict, dicom: Path | None, grid_from: str | None):

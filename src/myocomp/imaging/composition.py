@@ -28,9 +28,7 @@ from myocomp.imaging.dixon import (
     FF_METHODS,
     DixonVolume,
     NoiseEstimate,
-    default_noise_floor,
     fat_fraction,
-    negative_voxels,
     same_grid,
     voxel_spacing,
     voxel_volume_ml,
@@ -471,7 +469,7 @@ def _levels(metrics, ff, labels, names, affine, vertebrae, groups, level_groups,
 
 def _dixon_ff(dixon: DixonVolume, box, ff_method, noise_sigma, noise_floor):
     """Fat-fraction map inside ``box`` and what produced it: (ff, method column, floor, noise, negatives)."""
-    floor = default_noise_floor(dixon.water, dixon.fat) if noise_floor is None else noise_floor
+    floor = dixon.noise_floor if noise_floor is None else noise_floor
     ff_method, noise, negatives = _resolve_ff_method(dixon, ff_method, noise_sigma, floor)
     ip = dixon.in_phase[box] if ff_method == "magnitude-discrimination" else None
     ff = fat_fraction(dixon.water[box], dixon.fat[box], in_phase=ip, noise_floor=floor,
@@ -504,7 +502,7 @@ def _resolve_ff_method(
     default = ff_method is None
     if default:
         ff_method = "magnitude-discrimination" if dixon.in_phase is not None else "noise-corrected"
-    negatives = negative_voxels(dixon)
+    negatives = dixon.negative_counts
     if any(negatives.values()) and ff_method == "noise-corrected":
         signed = (f"water and fat hold negative values ({negatives['water']} and {negatives['fat']} "
                   "voxels): signed (real-valued) separation output, whose noise is Gaussian with no Rician floor")

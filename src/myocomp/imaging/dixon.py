@@ -90,6 +90,16 @@ class DixonVolume:
             return NoiseEstimate(None, "background", 0, "no fat image")
         return estimate_noise_sigma(self.water, self.fat)
 
+    @functools.cached_property
+    def noise_floor(self) -> float:
+        """:func:`default_noise_floor` of water and fat, computed once per volume."""
+        return default_noise_floor(self.water, self.fat)
+
+    @functools.cached_property
+    def negative_counts(self) -> dict[str, int]:
+        """:func:`negative_voxels` of the volume, counted once."""
+        return negative_voxels(self)
+
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel edge lengths in mm: the norms of the affine's first three columns."""

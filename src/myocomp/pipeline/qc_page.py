@@ -101,7 +101,7 @@ def render_png(
     """
     from PIL import Image
 
-    from myocomp.imaging.dixon import default_noise_floor, strided_sample
+    from myocomp.imaging.dixon import strided_sample
     from myocomp.imaging.labels import is_muscle
 
     names = labelmap.profile.ids
@@ -109,7 +109,7 @@ def render_png(
     cy, cz = _centre(labelmap.data, muscle_ids)
     floor = noise_floor
     if floor is None or not np.isfinite(floor):
-        floor = default_noise_floor(dixon.water, dixon.fat) if dixon.fat is not None else 0.0
+        floor = dixon.noise_floor if dixon.fat is not None else 0.0
     vmax = float(np.nanpercentile(strided_sample(dixon.water), 99.5)) or 1.0
     sx, sy, sz = dixon.spacing_mm
     rows = []
