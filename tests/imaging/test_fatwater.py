@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from myocomp.errors import ConfigError, InputFileError
 from myocomp.imaging import fatwater as fw
@@ -141,3 +142,34 @@ def test_ff_map_units_are_detected_or_refused_never_guessed():
     with pytest.raises(InputFileError, match="--ff-units"):
         ff_map_to_fraction(fraction * 3)  # neither: refused instead of a 100-fold guess
     np.testing.assert_allclose(ff_map_to_fraction(fraction * 3, "percent"), fraction * 0.03, rtol=1e-6)
+
+
+def test_surface_layer_is_the_band_below_the_body_surface():
+    mask = np.zeros((40, 40, 3), bool)
+    yy, xx = np.mgrid[:40, :40]
+    mask[(xx - 20) ** 2 + (yy - 20) ** 2 <= 15**2] = True
+    mask[0:40, 30:40] = True  # a part cut by the field-of-view edge: no surface there
+    layer = fw.surface_layer(mask)
+    depth = ndimage.distance_transform_edt(np.pad(mask, ((1, 1), (1, 1), (0, 0)), mode="edge"),
+                                           sampling=(1, 1, 1e6))[1:-1, 1:-1]
+    np.testing.assert_array_equal(layer, mask & (depth > 1) & (depth <= 4))
+    assert layer[20, 6, 1] and not layer[20, 5, 1] and not layer[20, 12, 1]  # 2nd-4th voxel in
+    assert not layer[:, 36:].any()  # the field-of-view edge is not a surface
+
+
+def test_precession_decision_order_and_warnings():
+    choose = fw._choose_precession
+    fits = {"as_stored": 0.001, "conjugate": 0.01}
+    assert choose(fits, {}, 0.85) == ("as_stored", "residual", [])
+    chosen, by, notes = choose(fits, {"as_stored": 0.2, "conjugate": 0.9}, 0.85)
+    assert (chosen, by) == ("as_stored", "residual") and "would be fat only" in notes[0]
+    weak = {"as_stored": 0.005, "conjugate": 0.008}
+    chosen, by, notes = choose(weak, {"as_stored": 0.38, "conjugate": 0.76}, 0.85)
+    assert (chosen, by) == ("conjugate", "surface_layer") and "anatomical check" in notes[0]
+    assert choose(weak, {"as_stored": 0.9, "conjugate": 0.3}, 0.85) == (
+        "as_stored", "surface_layer", [])
+    assert choose(weak, {"as_stored": 0.7, "conjugate": 0.5}, 0.85) == ("as_stored", "residual", [])
+    with pytest.raises(InputFileError, match="direction of precession"):
+        choose({"as_stored": 0.005, "conjugate": 0.0051}, {"as_stored": 0.7, "conjugate": 0.7},
+                0.85)
+    assert choose({"conjugate": 0.1}, {}, 0.85) == ("conjugate", "requested", [])

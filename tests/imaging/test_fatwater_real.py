@@ -12,6 +12,7 @@ A water/fat swap inverts both. Pictures of water, fat and PDFF go to test-artefa
 from __future__ import annotations
 
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,24 +90,49 @@ def _ismrm(shared_data, case):
             precession)
 
 
-@pytest.mark.parametrize("case", [13, 15, 16, 17, pytest.param(12, marks=pytest.mark.xfail(
-    strict=True, reason="known failure: case 12 read with its header's precession comes out "
-    "largely swapped; its liver/fat borders need a ~110 Hz field step in that reading (see "
-    "test_ismrm2012_case12_header_precession_needs_a_field_step and the README)"))])
+@pytest.mark.parametrize("case", [13, 15, 16, 17, 12])
 def test_ismrm2012_no_swap(shared_data, case):
-    _check_ismrm_anatomy(shared_data, case, None, f"ismrm2012_case{case}")
+    """``auto`` precession on every case, then the anatomical swap test.
+
+    Cases 13, 15, 16, 17: ``auto`` agrees with the header (PrecessionIsClockwise = 1, as
+    stored); 16 by a decisive multi-peak residual, 13 and 17 by the body-surface layer (agreeing
+    with the residual), 15 by the weaker residual. Case 12: the residual prefers the header's
+    reading (0.0050 vs 0.0082, ratio 0.61, not decisive), the algorithm's surface-layer check
+    reads the surface as fat only conjugated, so ``auto`` conjugates and says so in a warning.
+    The algorithm's check looks only at the layer 2-4 voxels below the surface, so for case 12
+    this test's surface band (similar) is not independent evidence; the independent checks are
+    the interior (>= 10 voxels deep, the liver: never looked at by the algorithm) and the
+    data-only field-step test below (the conjugated reading is the one with a continuous field
+    across the liver/fat borders)."""
+    result, header = _check_ismrm_anatomy(shared_data, case, "auto", f"ismrm2012_case{case}")
+    p = result.params["precession"]
+    if case == 12:
+        assert (p["used"], p["decided_by"]) == ("conjugate", "surface_layer")
+        assert any("chosen by the anatomical check" in w for w in result.params["warnings"])
+    else:
+        assert p["used"] == header == "as_stored"
+        assert not result.params["warnings"]
+    assert p["decided_by"] == {12: "surface_layer", 13: "surface_layer", 15: "residual",
+                               16: "residual", 17: "surface_layer"}[case]
 
 
-def test_ismrm2012_case12_conjugated_no_swap(shared_data):
-    """Case 12 read conjugated (the reading in which its field is continuous across the liver/fat
-    borders, test below) passes the same anatomical test; the heart's blood pool (upper left in
-    the pictures) still comes out fat: it needs a field step there in either reading."""
-    _check_ismrm_anatomy(shared_data, 12, "conjugate", "ismrm2012_case12_conjugated")
+def test_ismrm2012_case12_header_reading_is_not_silent(shared_data):
+    """Case 12 read with its header's precession (as stored, given explicitly): the liver comes
+    out as fat (interior 0.83); the result carries a warning that the body-surface layer reads
+    as water, so a user overriding ``auto`` is told."""
+    echoes, te, field, header = _ismrm(shared_data, 12)
+    with pytest.warns(UserWarning, match="body-surface layer has median PDFF"):
+        result = fw.separate(echoes, te, field, precession=header)
+    surface, interior = anatomical_pdff(result, echoes)
+    assert surface < 0.5 and interior > 0.7
+    assert result.params["precession"]["surface_pdff"]["as_stored"] < fw.SURFACE_WATER
 
 
 def _check_ismrm_anatomy(shared_data, case, precession, picture):
     echoes, te, field, header = _ismrm(shared_data, case)
-    result = fw.separate(echoes, te, field, precession=precession or header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tested through params["warnings"]
+        result = fw.separate(echoes, te, field, precession=precession or header)
     check_surface, percentile = ISMRM[case]
     surface, interior = anatomical_pdff(result, echoes, interior_percentile=percentile or 50)
     save_pictures(picture, result, echoes.shape[2] // 2)
@@ -116,13 +142,7 @@ def _check_ismrm_anatomy(shared_data, case, precession, picture):
         assert surface > 0.7
     if percentile:
         assert interior < 0.3
-
-
-def test_ismrm2012_precession_detected_case17(shared_data):
-    """The header says PrecessionIsClockwise = 1 (as stored); detection from the data agrees."""
-    echoes, te, field, precession = _ismrm(shared_data, 17)
-    result = fw.separate(echoes, te, field, precession="auto")
-    assert result.params["precession"]["used"] == precession == "as_stored"
+    return result, header
 
 
 @pytest.fixture(scope="module")

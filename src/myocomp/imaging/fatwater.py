@@ -27,6 +27,8 @@ Algorithm (:func:`separate`):
    is kept (a swapped map has a worse multi-peak fit and a median offset by about one fat
    shift, while the scanner's centre frequency puts the water peak near 0 Hz). Two passes of
    conditional modes then correct isolated errors.
+   Precession (``auto``, >= 3 echoes): steps 2-3 run on the data as stored and conjugated;
+   see :func:`_choose_precession` for the decision and the body-surface check.
 4. Fine level: the coarse map, interpolated to every voxel, is the centre of a narrow search
    (+- ``window`` x |f_main|, narrower than the distance to any alias), refined by Gauss-Newton in
    (psi, R2*) with >= 3 echoes or by parabolic interpolation with 2 echoes; then the linear
@@ -38,6 +40,7 @@ Algorithm (:func:`separate`):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -561,8 +564,11 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     spectrum : fat model (default :data:`HAMILTON_LIVER_6`).
     precession : ``"as_stored"`` (data follow the model's sign, ISMRM ``PrecessionIsClockwise=1``),
         ``"conjugate"`` (the other direction: data are conjugated first) or ``"auto"``: both
-        are tried at the coarse level and the one whose field map fits the multi-peak model
-        better is kept; a near tie (residual ratio above ``precession_margin``) is an error.
+        are tried at the coarse level and chosen by :func:`_choose_precession` (a decisive
+        multi-peak residual, else the body-surface layer that reads as subcutaneous fat, else a
+        weaker residual below ``precession_margin``; else an error). Every reading gets the
+        anatomical check of its surface layer: a surface that reads as water, or a choice against
+        the residual, is a ``UserWarning`` and is listed in ``params["warnings"]``.
         With two echoes the direction cannot be detected: conjugated data give the same W and F
         (real, one phase) and a mirrored field map, so ``auto`` means ``as_stored`` there.
     options : see :data:`DEFAULTS` (field_range_hz: half-width of the field-map search in Hz;
@@ -585,41 +591,132 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     psis = _psi_grid(te, opts)
     if precession == "auto" and m.real:
         precession = "as_stored"  # undetectable from two echoes (see separate's docstring)
-    tries = {"as_stored": None, "conjugate": None} if precession == "auto" else {precession: None}
-    for name in tries:
-        data = echoes if name == "as_stored" else echoes.conj()
-        tries[name] = _coarse_field(data, mask, m, psis, opts)
-    chosen = _choose_precession(tries, opts["precession_margin"])
+    layer = surface_layer(mask)
+    chosen, coarse, pred, evidence = _precession_stage(echoes, mask, layer, m, psis, opts,
+                                                       precession)
     if chosen == "conjugate":
         echoes = echoes.conj()
-    coarse = tries[chosen]
-    pred = _upsample(coarse.psi, coarse.factors, mask.shape)
     result = _fine_stage(echoes, pred, mask, m, opts)
+    if not evidence["surface_pdff"] and layer.any():
+        evidence["surface_pdff"][chosen] = float(np.nanmedian(result[2][layer]))
+    notes = evidence.pop("warnings") + _surface_warning(evidence["surface_pdff"].get(chosen), chosen)
+    for text in notes:
+        warnings.warn(text, UserWarning, stacklevel=2)
     params = {
         "algorithm": "multi-resolution VARPRO residual + region growing, voxel-wise "
         + ("real-valued (common phase) least squares" if m.real else "Gauss-Newton in (psi, R2*)"),
         "echo_times_s": te.tolist(), "field_t": float(field_t), "fat_spectrum": spectrum.to_dict(),
-        "precession": {"requested": precession, "used": chosen,
-                       "residuals": {k: float(v.fit) for k, v in tries.items()}},
+        "precession": {"requested": precession, "used": chosen, **evidence},
         "options": {k: v for k, v in opts.items() if k in DEFAULTS},
         "coarse_factors": list(coarse.factors), "components": coarse.components,
         "pdff": "real W, F: F/(W+F)" if m.real else "magnitude discrimination (Liu 2007)",
         "mask_voxels": int(mask.sum()), "fat_encoding_cycles": encoding,
+        "warnings": notes,
     }
     return SeparationResult(*result, mask=mask, params=params)
 
 
-def _choose_precession(tries: dict, margin: float) -> str:
-    """The direction whose coarse field map fits the multi-peak model better; refuse a near tie."""
-    if len(tries) == 1:
-        return next(iter(tries))
-    a, b = tries["as_stored"].fit, tries["conjugate"].fit
-    if min(a, b) > margin * max(a, b):
-        raise InputFileError(
-            f"cannot tell the direction of precession from the data (relative residual "
-            f"{a:.4g} as stored vs {b:.4g} conjugated); run myocomp separate with --precession "
-            "as_stored or conjugate")
-    return "as_stored" if a < b else "conjugate"
+#: In-plane depth (voxels, exclusive-inclusive) of the body-surface layer of the anatomical
+#: check: the 2nd to 4th voxel inside the body, where trunk and limb images have subcutaneous fat.
+SURFACE_DEPTH = (1.0, 4.0)
+#: At most this many surface voxels (an even subsample) are fitted per precession reading.
+SURFACE_SAMPLE = 20000
+#: Median surface-layer PDFF of a reading that reads the surface as fat / as water.
+SURFACE_FAT, SURFACE_WATER = 0.6, 0.4
+#: Residual ratio (better / worse reading) at or below which the multi-peak fit alone decides.
+RESIDUAL_DECISIVE = 0.35
+
+
+def surface_layer(mask: np.ndarray, depth=SURFACE_DEPTH) -> np.ndarray:
+    """(X, Y, Z) bool: voxels of the body (largest connected part of ``mask``, holes filled in
+    each plane) whose in-plane distance to the background lies in ``depth`` (voxels; exclusive,
+    inclusive). Planes are those normal to the axis with the fewest voxels; the field-of-view
+    edge is not a surface (a body cut by it continues outside)."""
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros(mask.shape, bool)
+    body = lab == 1 + int(np.argmax(ndimage.sum(mask, lab, range(1, n + 1))))
+    thin = int(np.argmin(mask.shape))
+    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(p) for p in np.moveaxis(body, thin, 0)]),
+                       0, thin)
+    pad = [(0, 0) if a == thin else (1, 1) for a in range(3)]
+    sampling = [1e6 if a == thin else 1.0 for a in range(3)]
+    dist = ndimage.distance_transform_edt(np.pad(body, pad, mode="edge"), sampling=sampling)
+    dist = dist[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape, strict=True))]
+    return body & (dist > depth[0]) & (dist <= depth[1])
+
+
+def _surface_pdff(echoes, pred, layer, m: _Model, opts) -> float:
+    """Median PDFF of an even subsample of the surface layer, fitted around the field ``pred``."""
+    idx = np.flatnonzero(layer.reshape(-1))
+    idx = idx[:: max(1, idx.size // SURFACE_SAMPLE)]
+    s = echoes.reshape(-1, m.te.size)[idx].astype(np.complex128)
+    w, f, _, _, real = _fine_fit(s, pred.reshape(-1)[idx].astype(float), m, opts)
+    ff = pdff_from_components(*real, real=True) if real is not None else pdff_from_components(w, f)
+    return float(np.median(ff))
+
+
+def _precession_stage(echoes, mask, layer, m: _Model, psis, opts, precession):
+    """Coarse field map(s) and the precession reading: the requested one, or with ``auto`` the one
+    chosen by :func:`_choose_precession` from the multi-peak residual and the surface layer."""
+    names = ("as_stored", "conjugate") if precession == "auto" else (precession,)
+    coarse, preds, surface = {}, {}, {}
+    for name in names:
+        data = echoes if name == "as_stored" else echoes.conj()
+        coarse[name] = _coarse_field(data, mask, m, psis, opts)
+        preds[name] = _upsample(coarse[name].psi, coarse[name].factors, mask.shape)
+        if len(names) == 2 and layer.any():
+            surface[name] = _surface_pdff(data, preds[name], layer, m, opts)
+    fits = {k: float(v.fit) for k, v in coarse.items()}
+    chosen, basis, notes = _choose_precession(fits, surface, opts["precession_margin"])
+    evidence = {"residuals": fits, "surface_pdff": surface, "decided_by": basis, "warnings": notes}
+    return chosen, coarse[chosen], preds[chosen], evidence
+
+
+def _choose_precession(fits: dict, surface: dict, margin: float):
+    """(reading, what decided it, warnings) from the coarse multi-peak residuals ``fits`` and the
+    surface-layer median PDFF of each reading (``surface``; empty when not measured).
+
+    The two readings are mirror images under the main fat peak alone (conjugating the data, swapping
+    water and fat and shifting the field by the main fat shift is exact for a one-peak fat model at
+    any echo times), so the residual tells them apart only through the minor peaks. Order: a
+    decisive residual ratio (<= RESIDUAL_DECISIVE); else a decisive surface layer (fat, PDFF >=
+    SURFACE_FAT, in one reading and water, <= SURFACE_WATER, in the other: subcutaneous fat);
+    else the residual when its ratio is below ``margin``; else an error (a near tie)."""
+    if len(fits) == 1:
+        return next(iter(fits)), "requested", []
+    a, b = fits["as_stored"], fits["conjugate"]
+    by_fit, ratio = ("as_stored" if a < b else "conjugate"), min(a, b) / max(a, b)
+    s = surface if len(surface) == 2 else {}
+    fat = [k for k, v in s.items() if v >= SURFACE_FAT]
+    by_surface = fat[0] if len(fat) == 1 and min(s.values()) <= SURFACE_WATER else None
+    text = ", ".join(f"{k}: residual {fits[k]:.4g}" + (f", surface-layer PDFF {s[k]:.2f}" if s
+                                                        else "") for k in fits)
+    if ratio <= RESIDUAL_DECISIVE:
+        notes = [] if by_surface in (None, by_fit) else [
+            f"precession {by_fit} chosen by the multi-peak residual; the body-surface layer "
+            f"would be fat only in the other reading ({text}): check the water and fat images"]
+        return by_fit, "residual", notes
+    if by_surface is not None:
+        notes = [] if by_surface == by_fit or ratio > margin else [
+            f"precession {by_surface} chosen by the anatomical check (body-surface layer is fat "
+            f"only in this reading) against the weaker multi-peak residual ({text}); give "
+            "--precession to override"]
+        return by_surface, "surface_layer", notes
+    if ratio <= margin:
+        return by_fit, "residual", []
+    raise InputFileError(
+        f"cannot tell the direction of precession from the data ({text}); run myocomp separate "
+        "with --precession as_stored or conjugate")
+
+
+def _surface_warning(value, chosen) -> list[str]:
+    """A warning when the surface layer of the result reads as water (a swap in trunk/limb images)."""
+    if value is None or not np.isfinite(value) or value > SURFACE_WATER:
+        return []
+    return [f"the body-surface layer has median PDFF {value:.2f} with precession {chosen}: "
+            "trunk and limb images have subcutaneous fat there, so water and fat may be swapped "
+            "(check the images; --precession chooses the reading)"]
 
 
 def _fine_stage(echoes, pred, mask, m: _Model, opts):
