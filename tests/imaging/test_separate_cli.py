@@ -60,6 +60,23 @@ def test_separate_folder_matches_truth(echo_dir, tmp_path, capsys):
     assert prov["echo_times_s"] == pytest.approx([0.0012, 0.0022, 0.0032, 0.0042])
     assert prov["fat_spectrum"]["name"] == "hamilton2011_liver_6peak"
     assert prov["precession"]["used"] == "as_stored"
+    assert prov["precession"]["decided_by"] == "residual"
+    assert prov["precession"]["surface_pdff"]["as_stored"] > 0.7  # the phantom's subcutaneous fat
+    assert prov["warnings"] == [] and "warning" not in err
+
+
+def test_separate_prints_the_surface_warning(echo_dir, tmp_path, capsys, monkeypatch):
+    """A result whose body-surface layer reads as water is reported on stderr and in
+    separation.json (threshold raised here so that the phantom's fat surface triggers it)."""
+    from myocomp.imaging import fatwater
+
+    monkeypatch.setattr(fatwater, "SURFACE_WATER", 0.99)
+    out = tmp_path / "sep"
+    code, _, err = run(["separate", "--echoes", echo_dir, "--out", out, "--precession",
+                        "as_stored"], capsys)
+    assert code == 0, err
+    assert err.startswith("warning: the body-surface layer has median PDFF")
+    assert "may be swapped" in json.loads((out / "separation.json").read_text())["warnings"][0]
 
 
 def test_separate_pairs_with_uint12_phase_and_options(echo_dir, tmp_path, capsys):
