@@ -149,10 +149,14 @@ def test_surface_layer_is_the_band_below_the_body_surface():
     yy, xx = np.mgrid[:40, :40]
     mask[(xx - 20) ** 2 + (yy - 20) ** 2 <= 15**2] = True
     mask[0:40, 30:40] = True  # a part cut by the field-of-view edge: no surface there
+    mask[2:4, 2:4] = True  # a speck: not body
     layer = fw.surface_layer(mask)
-    depth = ndimage.distance_transform_edt(np.pad(mask, ((1, 1), (1, 1), (0, 0)), mode="edge"),
+    body = mask.copy()
+    body[2:4, 2:4] = False
+    depth = ndimage.distance_transform_edt(np.pad(body, ((1, 1), (1, 1), (0, 0)), mode="edge"),
                                            sampling=(1, 1, 1e6))[1:-1, 1:-1]
-    np.testing.assert_array_equal(layer, mask & (depth > 1) & (depth <= 4))
+    np.testing.assert_array_equal(layer, body & (depth > 1) & (depth <= 4))
+    assert fw.surface_layer(np.repeat(mask, 10, axis=2), planes=4).any(axis=(0, 1)).sum() == 4
     assert layer[20, 6, 1] and not layer[20, 5, 1] and not layer[20, 12, 1]  # 2nd-4th voxel in
     assert not layer[:, 36:].any()  # the field-of-view edge is not a surface
 
@@ -173,3 +177,13 @@ def test_precession_decision_order_and_warnings():
         choose({"as_stored": 0.005, "conjugate": 0.0051}, {"as_stored": 0.7, "conjugate": 0.7},
                 0.85)
     assert choose({"conjugate": 0.1}, {}, 0.85) == ("conjugate", "requested", [])
+
+
+def test_upsample_at_points_equals_the_full_upsample():
+    rng = np.random.default_rng(0)
+    coarse = rng.normal(size=(10, 8, 3))
+    coarse[2, 3, 1] = np.nan
+    full = fw._upsample(coarse, (8, 8, 2), (77, 60, 6))
+    points = np.nonzero(np.ones(full.shape, bool))
+    np.testing.assert_allclose(fw._upsample_at(coarse, (8, 8, 2), points), full.reshape(-1),
+                               atol=1e-6)

@@ -359,17 +359,29 @@ def _coarse_field(echoes, mask, m, psis, opts) -> _Coarse:
                    fit=fit_total / energy if energy else np.inf, components=comps)
 
 
-def _upsample(coarse: np.ndarray, factors, shape) -> np.ndarray:
-    """Fill NaNs by the nearest estimate, smooth lightly, interpolate linearly to ``shape``."""
+def _smoothed(coarse: np.ndarray) -> np.ndarray:
+    """Coarse map with NaNs filled by the nearest estimate, lightly smoothed."""
     missing = ~np.isfinite(coarse)
-    if missing.all():
-        return np.zeros(shape, np.float32)
     if missing.any():
         near = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
         coarse = coarse[tuple(near)]
-    coarse = ndimage.gaussian_filter(coarse, 0.7, mode="nearest")
-    up = ndimage.zoom(coarse, factors, order=1, mode="nearest", grid_mode=True)
+    return ndimage.gaussian_filter(coarse, 0.7, mode="nearest")
+
+
+def _upsample(coarse: np.ndarray, factors, shape) -> np.ndarray:
+    """Fill NaNs by the nearest estimate, smooth lightly, interpolate linearly to ``shape``."""
+    if not np.isfinite(coarse).any():
+        return np.zeros(shape, np.float32)
+    up = ndimage.zoom(_smoothed(coarse), factors, order=1, mode="nearest", grid_mode=True)
     return up[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+
+
+def _upsample_at(coarse: np.ndarray, factors, points) -> np.ndarray:
+    """:func:`_upsample` evaluated only at the voxel indices ``points`` (tuple of 3 arrays)."""
+    if not np.isfinite(coarse).any():
+        return np.zeros(points[0].shape)
+    coords = [(np.asarray(p) + 0.5) / f - 0.5 for p, f in zip(points, factors, strict=True)]
+    return ndimage.map_coordinates(_smoothed(coarse), coords, order=1, mode="nearest")
 
 
 def _linear_complex(s, psi, r2, m: _Model):
@@ -619,6 +631,8 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
 #: In-plane depth (voxels, exclusive-inclusive) of the body-surface layer of the anatomical
 #: check: the 2nd to 4th voxel inside the body, where trunk and limb images have subcutaneous fat.
 SURFACE_DEPTH = (1.0, 4.0)
+#: Planes of the surface layer (evenly spaced; the check needs a sample, not every plane).
+SURFACE_PLANES = 16
 #: At most this many surface voxels (an even subsample) are fitted per precession reading.
 SURFACE_SAMPLE = 20000
 #: Median surface-layer PDFF of a reading that reads the surface as fat / as water.
@@ -627,31 +641,33 @@ SURFACE_FAT, SURFACE_WATER = 0.6, 0.4
 RESIDUAL_DECISIVE = 0.35
 
 
-def surface_layer(mask: np.ndarray, depth=SURFACE_DEPTH) -> np.ndarray:
-    """(X, Y, Z) bool: voxels of the body (largest connected part of ``mask``, holes filled in
-    each plane) whose in-plane distance to the background lies in ``depth`` (voxels; exclusive,
-    inclusive). Planes are those normal to the axis with the fewest voxels; the field-of-view
-    edge is not a surface (a body cut by it continues outside)."""
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        return np.zeros(mask.shape, bool)
-    body = lab == 1 + int(np.argmax(ndimage.sum(mask, lab, range(1, n + 1))))
+def surface_layer(mask: np.ndarray, depth=SURFACE_DEPTH, planes: int = SURFACE_PLANES) -> np.ndarray:
+    """(X, Y, Z) bool: on at most ``planes`` evenly spaced planes (normal to the axis with the
+    fewest voxels), the voxels of the body whose in-plane distance to the background lies in
+    ``depth`` (voxels; exclusive, inclusive). The body of a plane is its ``mask`` parts of at
+    least a tenth of the largest one (two legs count; noise specks do not), holes filled; the
+    field-of-view edge is not a surface (a body cut by it continues outside)."""
     thin = int(np.argmin(mask.shape))
-    body = np.moveaxis(np.stack([ndimage.binary_fill_holes(p) for p in np.moveaxis(body, thin, 0)]),
-                       0, thin)
-    pad = [(0, 0) if a == thin else (1, 1) for a in range(3)]
-    sampling = [1e6 if a == thin else 1.0 for a in range(3)]
-    dist = ndimage.distance_transform_edt(np.pad(body, pad, mode="edge"), sampling=sampling)
-    dist = dist[tuple(slice(p[0], p[0] + n) for p, n in zip(pad, mask.shape, strict=True))]
-    return body & (dist > depth[0]) & (dist <= depth[1])
+    m = np.moveaxis(mask, thin, 0)
+    out = np.zeros(m.shape, bool)
+    for k in np.unique(np.linspace(0, m.shape[0] - 1, min(planes, m.shape[0])).round().astype(int)):
+        lab, n = ndimage.label(m[k])
+        if n == 0:
+            continue
+        sizes = ndimage.sum(m[k], lab, range(1, n + 1))
+        body = ndimage.binary_fill_holes(np.isin(lab, 1 + np.flatnonzero(sizes >= 0.1 * sizes.max())))
+        dist = ndimage.distance_transform_edt(np.pad(body, 1, mode="edge"))[1:-1, 1:-1]
+        out[k] = body & (dist > depth[0]) & (dist <= depth[1])
+    return np.moveaxis(out, 0, thin)
 
 
-def _surface_pdff(echoes, pred, layer, m: _Model, opts) -> float:
-    """Median PDFF of an even subsample of the surface layer, fitted around the field ``pred``."""
+def _surface_pdff(echoes, coarse: _Coarse, layer, m: _Model, opts) -> float:
+    """Median PDFF of an even subsample of the surface layer, fitted around the coarse field."""
     idx = np.flatnonzero(layer.reshape(-1))
     idx = idx[:: max(1, idx.size // SURFACE_SAMPLE)]
+    pred = _upsample_at(coarse.psi, coarse.factors, np.unravel_index(idx, layer.shape))
     s = echoes.reshape(-1, m.te.size)[idx].astype(np.complex128)
-    w, f, _, _, real = _fine_fit(s, pred.reshape(-1)[idx].astype(float), m, opts)
+    w, f, _, _, real = _fine_fit(s, pred.astype(float), m, opts)
     ff = pdff_from_components(*real, real=True) if real is not None else pdff_from_components(w, f)
     return float(np.median(ff))
 
@@ -660,17 +676,17 @@ def _precession_stage(echoes, mask, layer, m: _Model, psis, opts, precession):
     """Coarse field map(s) and the precession reading: the requested one, or with ``auto`` the one
     chosen by :func:`_choose_precession` from the multi-peak residual and the surface layer."""
     names = ("as_stored", "conjugate") if precession == "auto" else (precession,)
-    coarse, preds, surface = {}, {}, {}
+    coarse, surface = {}, {}
     for name in names:
         data = echoes if name == "as_stored" else echoes.conj()
         coarse[name] = _coarse_field(data, mask, m, psis, opts)
-        preds[name] = _upsample(coarse[name].psi, coarse[name].factors, mask.shape)
         if len(names) == 2 and layer.any():
-            surface[name] = _surface_pdff(data, preds[name], layer, m, opts)
+            surface[name] = _surface_pdff(data, coarse[name], layer, m, opts)
     fits = {k: float(v.fit) for k, v in coarse.items()}
     chosen, basis, notes = _choose_precession(fits, surface, opts["precession_margin"])
     evidence = {"residuals": fits, "surface_pdff": surface, "decided_by": basis, "warnings": notes}
-    return chosen, coarse[chosen], preds[chosen], evidence
+    pred = _upsample(coarse[chosen].psi, coarse[chosen].factors, mask.shape)
+    return chosen, coarse[chosen], pred, evidence
 
 
 def _choose_precession(fits: dict, surface: dict, margin: float):
