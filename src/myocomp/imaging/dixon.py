@@ -447,7 +447,11 @@ def negative_voxels(dixon: DixonVolume) -> dict[str, int]:
     counts = {}
     for role in ("water", "fat"):
         arr = getattr(dixon, role)
-        negative = arr is not None and arr.dtype.kind != "u" and bool(np.nanmin(strided_sample(arr)) < 0 or np.nanmin(arr) < 0)
+        if arr is None or arr.dtype.kind == "u":
+            counts[role] = 0
+            continue
+        least = np.nanmin if arr.dtype.kind == "f" else np.min  # integers hold no NaN
+        negative = bool(least(strided_sample(arr)) < 0 or least(arr) < 0)
         counts[role] = int(np.count_nonzero(arr < 0)) if negative else 0
     return counts
 
@@ -528,7 +532,7 @@ def estimate_noise_sigma(water: np.ndarray, fat: np.ndarray, noise_floor: float 
     power = np.square(w, out=w).ravel()
     power += np.square(f, out=f).ravel()
     del f
-    power = power[np.isfinite(power) & (power > 0)]
+    power = np.sort(power[np.isfinite(power) & (power > 0)])  # sorted: each "P < cut" is a prefix
     if power.size < MIN_BACKGROUND_VOXELS:
         return NoiseEstimate(None, "background", int(power.size), "fewer than "
                              f"{MIN_BACKGROUND_VOXELS} non-zero voxels")
@@ -539,11 +543,11 @@ def estimate_noise_sigma(water: np.ndarray, fat: np.ndarray, noise_floor: float 
     first = peaks[0] if peaks.size else int(np.argmax(smooth))
     sigma2 = float(np.exp((edges[first] + edges[first + 1]) / 2)) / 4.0
     for _ in range(5):
-        air = power[power < _CHI2_CUT * sigma2]
+        air = power[: np.searchsorted(power, _CHI2_CUT * sigma2)]
         if air.size == 0:
             break
         sigma2 = float(np.median(air)) / _CHI2_QUARTILES[1]
-    air = power[power < _CHI2_CUT * sigma2]
+    air = power[: np.searchsorted(power, _CHI2_CUT * sigma2)]
     if air.size < MIN_BACKGROUND_VOXELS:
         return NoiseEstimate(None, "background", int(air.size),
                              f"only {air.size} background voxels (fewer than {MIN_BACKGROUND_VOXELS})")
