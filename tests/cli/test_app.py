@@ -38,6 +38,15 @@ def test_python_dash_m_runs_the_same_entry():
     assert done.returncode == 0 and done.stdout == f"myocomp {myocomp.__version__}\n"
 
 
+def test_python_dash_m_keeps_the_exit_code_of_an_error(tmp_path):
+    missing = tmp_path / "water.nii.gz"
+    done = subprocess.run([sys.executable, "-m", "myocomp", "quantify", "--water", str(missing), "--fat", str(missing),
+                           "--labels", str(missing), "--out", str(tmp_path / "m.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
+    assert not (tmp_path / "m.csv").exists()
+
+
 def test_no_arguments_prints_help_listing_every_command(capsys):
     code, out, err = _run([], capsys)
     assert code == 0 and err == ""
