@@ -17,7 +17,7 @@ def test_paused_gc_pauses_and_restores(was_enabled):
             garbage = [[]]
             garbage[0].append(garbage)
         assert gc.isenabled() is was_enabled
-        assert gc.get_freeze_count() == frozen  # nothing kept alive in a long-lived process
+        assert gc.get_freeze_count() == frozen  # not a one-shot process: nothing kept alive
         with pytest.raises(KeyError), paused_gc():
             raise KeyError("an import that fails")
         assert gc.isenabled() is was_enabled
@@ -45,3 +45,15 @@ def test_quick_thread_switches_restores_the_interval():
     with pytest.raises(OSError), quick_thread_switches():
         raise OSError("a read that fails")
     assert sys.getswitchinterval() == before
+
+
+def test_paused_gc_freezes_in_a_one_shot_process(monkeypatch):
+    from myocomp import _startup
+
+    monkeypatch.setattr(_startup, "ONE_SHOT_PROCESS", True)
+    try:
+        with paused_gc():
+            made = [[] for _ in range(100)]
+        assert gc.get_freeze_count() >= len(made)
+    finally:
+        gc.unfreeze()

@@ -8,17 +8,25 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+#: Set by the console entry point (:func:`myocomp.__main__.run`): this process runs one command
+#: and exits, so :func:`paused_gc` freezes what its imports made. Calls of
+#: :func:`myocomp.cli.main` inside a long-lived process (tests, notebooks) leave it False.
+ONE_SHOT_PROCESS = False
+
 
 @contextmanager
-def paused_gc(freeze: bool = False) -> Iterator[None]:
+def paused_gc(freeze: bool | None = None) -> Iterator[None]:
     """Pause the cyclic garbage collector for a block of imports.
 
     Imports create hundreds of thousands of long-lived objects and almost no garbage cycles;
-    collecting while they run costs ~0.1 s of a whole-body ``quantify``. The collector is
-    enabled again on exit if it was before. ``freeze``: also move every object to the permanent
-    generation (:func:`gc.freeze`), so later full collections skip them; for the start of a
-    one-shot process only (in a long-lived one it would keep garbage alive).
+    collecting while they run costs ~0.1 s of a whole-body ``quantify``, and so would the first
+    collections after it, which walk everything the block made. ``freeze`` (default
+    :data:`ONE_SHOT_PROCESS`): on exit, move every object to the permanent generation
+    (:func:`gc.freeze`), so that no later collection walks them; in a long-lived process this
+    would keep garbage cycles alive, hence one-shot processes only. The collector is enabled
+    again on exit if it was before.
     """
+    freeze = ONE_SHOT_PROCESS if freeze is None else freeze
     enabled = gc.isenabled()
     gc.disable()
     try:
