@@ -179,6 +179,17 @@ class WaldInference:
         return pd.DataFrame({"lower": self.params - q * self.bse,
                              "upper": self.params + q * self.bse})
 
+    def coef_table(self) -> list[str]:
+        """The coefficient table of a text summary: estimate, standard error, z, p, 95 % CI."""
+        ci = self.conf_int()
+        width = max(len(str(n)) for n in self.params.index) + 1
+        lines = [f"{'':<{width}} {'coef':>10} {'std err':>10} {'z':>8} {'P>|z|':>10} {'[0.025':>10} {'0.975]':>10}"]
+        for name in self.params.index:
+            lines.append(f"{name!s:<{width}} {self.params[name]:>10.4f} {self.bse[name]:>10.4f} "
+                         f"{self.tvalues[name]:>8.3f} {self.pvalues[name]:>10.3g} "
+                         f"{ci.loc[name, 'lower']:>10.4f} {ci.loc[name, 'upper']:>10.4f}")
+        return lines
+
 
 @dataclass
 class LogisticResults(WaldInference):
@@ -224,18 +235,10 @@ class LogisticResults(WaldInference):
 
     def summary(self) -> str:
         """A text summary: fit statistics and the coefficient table."""
-        ci = self.conf_int()
         lines = ["Logistic regression (maximum likelihood, Newton-Raphson)",
                  f"Formula: {self.formula}",
                  f"No. observations: {self.nobs}   log-likelihood: {self.llf:.4f}   "
-                 f"converged: {self.converged} ({self.n_iter} iterations)", ""]
-        width = max(len(str(n)) for n in self.params.index) + 1
-        lines.append(f"{'':<{width}} {'coef':>10} {'std err':>10} {'z':>8} {'P>|z|':>10} "
-                     f"{'[0.025':>10} {'0.975]':>10}")
-        for name in self.params.index:
-            lines.append(f"{name!s:<{width}} {self.params[name]:>10.4f} {self.bse[name]:>10.4f} "
-                         f"{self.tvalues[name]:>8.3f} {self.pvalues[name]:>10.3g} "
-                         f"{ci.loc[name, 'lower']:>10.4f} {ci.loc[name, 'upper']:>10.4f}")
+                 f"converged: {self.converged} ({self.n_iter} iterations)", "", *self.coef_table()]
         if not self.converged:
             lines += ["", "WARNING: the Newton iterations did not converge (separation?)"]
         return "\n".join(lines)

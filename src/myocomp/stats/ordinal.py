@@ -135,18 +135,10 @@ class OrderedLogitResults(WaldInference):
 
     def summary(self) -> str:
         """A text summary: fit statistics and the coefficient table."""
-        ci = self.conf_int()
         lines = ["Proportional-odds logistic regression (maximum likelihood, Newton-Raphson)",
                  f"No. observations: {self.nobs}   log-likelihood: {self.llf:.4f}   "
                  f"converged: {self.converged} ({self.n_iter} iterations, "
-                 f"max |score| {np.max(np.abs(self.score)):.2g})", ""]
-        width = max(len(str(n)) for n in self.params.index) + 1
-        lines.append(f"{'':<{width}} {'coef':>10} {'std err':>10} {'P>|z|':>10} "
-                     f"{'[0.025':>10} {'0.975]':>10}")
-        for name in self.params.index:
-            lines.append(f"{name!s:<{width}} {self.params[name]:>10.4f} {self.bse[name]:>10.4f} "
-                         f"{self.pvalues[name]:>10.3g} {ci.loc[name, 'lower']:>10.4f} "
-                         f"{ci.loc[name, 'upper']:>10.4f}")
+                 f"max |score| {np.max(np.abs(self.score)):.2g})", "", *self.coef_table()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
