@@ -102,7 +102,7 @@ def peer_available() -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="300,250,500", help="phantom grid X,Y,Z")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved runs of each command (medians; this VM varies by about 6 %% from run to run)")
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     py = sys.executable
