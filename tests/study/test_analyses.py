@@ -276,3 +276,19 @@ def test_ordinal_model_that_cannot_converge_reports_no_numbers(data):
     assert list(table["term"]) == list(an.MARKERS)
     assert table["OR"].isna().all() and table["p"].isna().all()
     assert (table["note"] == "not estimable: the ordinal model did not converge").all()
+
+
+def test_not_estimable_names_separation_and_a_singular_information():
+    from types import SimpleNamespace
+
+    names = ["Intercept", "z_intermat", "age"]
+
+    def result(params, variances):
+        return SimpleNamespace(params=pd.Series(params, index=names),
+                               vcov=pd.DataFrame(np.diag(variances), index=names, columns=names))
+
+    assert an._not_estimable(result([0.1, 0.2, 0.01], [0.01, 0.02, 1e-4])) is None
+    assert "separation" in an._not_estimable(result([0.1, 80.0, 0.01], [0.01, 0.02, 1e-4]))
+    assert "separation" in an._not_estimable(result([0.1, np.inf, 0.01], [0.01, 0.02, 1e-4]))
+    singular = an._not_estimable(result([0.1, 0.2, 0.01], [0.01, -0.02, np.nan]))
+    assert "not positive definite" in singular and "z_intermat, age" in singular

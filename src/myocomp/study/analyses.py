@@ -194,15 +194,25 @@ def fit_model(name: str, description: str, d: pd.DataFrame, outcome: str,
         notes = sorted({str(w.message).split(";")[0] for w in caught
                         if issubclass(w.category, UserWarning)})
         fit.note = "; ".join(notes)
-        params, bse = res.params.to_numpy(float), res.bse.to_numpy(float)
-        if not (np.isfinite(bse).all() and np.isfinite(params).all()
-                and np.abs(params).max() < _SEPARATION_LIMIT):
-            fit.note = "not estimable: (quasi-)separation, infinite estimates"
-        else:
-            fit.results = res
+        fit.note, fit.results = (fit.note, res) if (problem := _not_estimable(res)) is None else (problem, None)
     except (MyocompError, np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         fit.note = f"not estimable: {str(exc).splitlines()[0]}"
     return fit
+
+
+def _not_estimable(res) -> str | None:
+    """Why a mixed-model fit gives no usable estimates, or None: infinite or huge coefficients
+    ((quasi-)separation), or an information matrix that is not positive definite at the fit
+    (a variance <= 0 on the diagonal of its inverse: no standard error)."""
+    params = res.params.to_numpy(float)
+    if not (np.isfinite(params).all() and np.abs(params).max() < _SEPARATION_LIMIT):
+        return "not estimable: (quasi-)separation, infinite estimates"
+    variances = np.diag(res.vcov.to_numpy(float))
+    if not (np.isfinite(variances).all() and (variances > 0).all()):
+        bad = [str(n) for n, v in zip(res.params.index, variances, strict=True) if not (np.isfinite(v) and v > 0)]
+        return (f"not estimable: information matrix not positive definite at the fit (no standard error "
+                f"for {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}; too few events for the covariates?)")
+    return None
 
 
 def model_frame(d: pd.DataFrame) -> pd.DataFrame:
