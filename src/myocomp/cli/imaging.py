@@ -221,7 +221,8 @@ def _read_checked(ff_given, images: dict, dicom, labels: Path, grid_from, profil
 
             import myocomp.imaging.composition  # noqa: F401
             import myocomp.io  # noqa: F401
-        dixon, _ = dixon_job.result(), label_job.result()
+        dixon = dixon_job.result()
+        label_job.result()  # an unreadable label file is named before the signal's refusals
         signal = signal_job.result()
         if signal.errors:  # impossible channels are named before the label map's problems
             role, reason = signal.errors[0]
@@ -252,8 +253,8 @@ def _checked_labelmap(dixon_job, label_job, labels: Path, label_profile, skip_an
     from myocomp.imaging.labelmap import label_grid, labelmap_from_array
 
     dixon, label_img = dixon_job.result(), label_job.result()
-    label_affine = label_img.affine if dixon.grid is None else label_grid(label_img, dixon.grid, labels)
-    return labelmap_from_array(label_img.dataobj, label_affine, label_profile, dixon, source=str(labels),
+    affine = label_grid(label_img, dixon.grid, labels)
+    return labelmap_from_array(label_img.dataobj, affine, label_profile, dixon, source=str(labels),
                                anatomy_check=not skip_anatomy_check)
 
 

@@ -75,18 +75,20 @@ def load_labels(
     shared grid (``reference.grid``, ``--grid-from``) the label map takes the grid's header too
     (:func:`label_grid`)."""
     img = load_nifti(path, role="label map")
-    grid = getattr(reference, "grid", None)
-    affine = img.affine if grid is None else label_grid(img, grid, path)
+    affine = label_grid(img, getattr(reference, "grid", None), path)
     return labelmap_from_array(
         np.asanyarray(img.dataobj), affine, profile, reference, source=str(path), anatomy_check=anatomy_check
     )
 
 
-def label_grid(label_img, grid: dict, path: str | Path, role: str = "label map") -> np.ndarray:
-    """The affine (4 x 4) of a label map (``role``: also ``"vertebra map"``) under a declared
-    grid (``--grid-from``, a DixonVolume's ``grid``): the grid's affine if
-    :func:`~myocomp.imaging.dixon.adopt_grid` allows it, which raises :class:`GeometryError`
-    naming ``path`` otherwise; a replaced header is recorded in ``grid["replaced"][role]``."""
+def label_grid(label_img, grid: dict | None, path: str | Path, role: str = "label map") -> np.ndarray:
+    """The affine (4 x 4) of a label map (``role``: also ``"vertebra map"``): its own without a
+    declared grid (``grid`` None); under one (``--grid-from``, a DixonVolume's ``grid``) the
+    grid's affine if :func:`~myocomp.imaging.dixon.adopt_grid` allows it, which raises
+    :class:`GeometryError` naming ``path`` otherwise; a replaced header is recorded in
+    ``grid["replaced"][role]``."""
+    if grid is None:
+        return label_img.affine
     grid_affine = np.asarray(grid["affine"])
     change = adopt_grid(label_img.shape, label_img.affine, tuple(grid["shape"]), grid_affine, role,
                         grid["from"], path)

@@ -398,8 +398,7 @@ def load_vertebrae(
     from myocomp.imaging.labelmap import label_grid
 
     img = load_nifti(path, role="vertebra map")
-    grid = getattr(reference, "grid", None)
-    affine = img.affine if grid is None else label_grid(img, grid, path, role="vertebra map")
+    affine = label_grid(img, getattr(reference, "grid", None), path, role="vertebra map")
     vmap = vertebrae_from_array(np.asanyarray(img.dataobj), affine, profile, reference, source=str(path))
     find_levels(vmap.data, vmap.affine, vmap.profile.ids, axis=axis, source=str(path))
     return vmap
