@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from myocomp.errors import ConfigError
-from myocomp.io import utc_timestamp, write_text
+from myocomp.io import write_text
 from myocomp.stats.nomogram import Nomogram
 from myocomp.study.nomogram_figure import (
     NomogramAxis,
@@ -38,7 +38,6 @@ __all__ = [
     "MAX_BYTES",
     "covariance_dict",
     "heatmap_dict",
-    "utc_now",
     "calculator_data",
     "nomogram_svg",
     "render_calculator",
@@ -85,12 +84,6 @@ def heatmap_dict(predicted: pd.DataFrame) -> dict[str, Any]:
             "probability": rows,
             "model": "adjusted mixed model with the InterMAT × LMM product term, at the "
                      "reference covariates, site effect 0"}
-
-
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 to the second (model provenance), or that of
-    ``SOURCE_DATE_EPOCH`` when set (:func:`myocomp.io.now_utc`)."""
-    return utc_timestamp()
 
 
 def _fields(model: dict[str, Any]) -> list[dict[str, Any]]:

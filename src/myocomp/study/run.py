@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from myocomp import __version__
 from myocomp.errors import ConfigError
-from myocomp.io import write_json, write_table
+from myocomp.io import utc_timestamp, write_json, write_table
 from myocomp.study import analyses as an
 from myocomp.study import calculator as calc
 from myocomp.study import checks
@@ -232,7 +232,7 @@ def build_model(cfg: StudyConfig, d: pd.DataFrame, zmodel: Any, computed: StudyT
         "nomogram": nomo.nomogram.to_dict(),
         "reference_covariates": an.reference_covariates(d),
         "interaction_heatmap": calc.heatmap_dict(computed.tables["interaction_predicted"]),
-        "created_utc": calc.utc_now(),
+        "created_utc": utc_timestamp(),
     }
 
 
