@@ -194,7 +194,11 @@ def fit_model(name: str, description: str, d: pd.DataFrame, outcome: str,
         notes = sorted({str(w.message).split(";")[0] for w in caught
                         if issubclass(w.category, UserWarning)})
         fit.note = "; ".join(notes)
-        fit.note, fit.results = (fit.note, res) if (problem := _not_estimable(res)) is None else (problem, None)
+        problem = _not_estimable(res)
+        if problem is None:
+            fit.results = res
+        else:
+            fit.note = problem
     except (MyocompError, np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
         fit.note = f"not estimable: {str(exc).splitlines()[0]}"
     return fit
