@@ -77,3 +77,18 @@ def test_usage_errors_are_one_line_exit_2(argv, reason, capsys, tmp_path, monkey
     assert len(lines) == 1 and lines[0].startswith("error: myocomp") and reason in lines[0], err
     assert "--help')" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["", "abc", "-5", "99999999999999999999"])
+def test_malformed_source_date_epoch_is_one_line_in_a_fresh_process(tmp_path, value):
+    """In a fresh process scipy's import reaches numpy's f2py, which parses SOURCE_DATE_EPOCH
+    itself and raises with a traceback: the CLI refuses the value first, for every command."""
+    import os
+
+    missing = tmp_path / "water.nii.gz"
+    env = dict(os.environ, SOURCE_DATE_EPOCH=value)
+    done = subprocess.run([sys.executable, "-m", "myocomp", "quantify", "--water", str(missing), "--fat",
+                           str(missing), "--labels", str(missing), "--out", str(tmp_path / "m.csv")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: SOURCE_DATE_EPOCH: ")

@@ -23,7 +23,7 @@ from myocomp.cli import app as app_module
 from myocomp.cli import batch, demo, imaging, phantom, segment, separate, study  # noqa: F401 (register commands)
 from myocomp.cli.app import app
 from myocomp.errors import MyocompError
-from myocomp.io import os_error_message
+from myocomp.io import now_utc, os_error_message
 
 
 def _one_line(message: str) -> str:
@@ -36,12 +36,17 @@ def _usage_line(exc: click_errors.UsageError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (0 ok, 1 strict-mode failure, 2 user error)."""
+    """Run the CLI and return its exit code (0 ok, 1 strict-mode failure, 2 user error).
+
+    A malformed ``SOURCE_DATE_EPOCH`` is refused before any command runs: the outputs' time
+    stamps read it (:func:`myocomp.io.now_utc`), and so does numpy's f2py, which scipy imports,
+    with a traceback."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         app_module.CAPTURED[:] = []
         app_module.CAPTURED_SOURCE = caught
         try:
+            now_utc()
             code = app(args=argv, prog_name="myocomp", standalone_mode=False)
         except click_errors.NoArgsIsHelpError as exc:
             typer.echo(exc.format_message())

@@ -42,10 +42,7 @@ def batch(
     Each participant's provenance.json records created_utc: now, or the time of the environment
     variable SOURCE_DATE_EPOCH (integer seconds since 1970-01-01 UTC) when it is set.
     """
-    from myocomp.io import now_utc
     from myocomp.pipeline.params import read_batch_config  # the pipeline only when a batch runs
-
-    now_utc()  # a malformed SOURCE_DATE_EPOCH stops here, before any work
 
     options = {
         "workers": workers, "scheduler": scheduler, "scheduler_timeout": scheduler_timeout,

@@ -39,14 +39,13 @@ def study(
     import uuid
 
     from myocomp.cli.app import captured_warnings
-    from myocomp.io import check_output_paths, now_utc, staged_outputs, write_text
+    from myocomp.io import check_output_paths, staged_outputs, write_text
     from myocomp.options import check_options
     from myocomp.pipeline.lock import output_lock
     from myocomp.study.phenotypes import load_config
     from myocomp.study.run import run_study
 
     check_options({"--bootstrap": bootstrap, "--seed": seed})
-    now_utc()  # a malformed SOURCE_DATE_EPOCH stops here, before any work
     inputs = {"--data": data, "--metrics": metrics, "--config": config}
     check_output_paths({"--out": out}, inputs, folders=["--out"])
     cfg = load_config(config).with_options(bootstrap=bootstrap, seed=seed,
