@@ -168,13 +168,27 @@ def test_ge_thigh_dicom_echoes(ge_thigh):
     np.testing.assert_allclose(np.linalg.norm(ge_thigh.affine[:3, :3], axis=0), [1.8359, 1.8359, 5])
 
 
+def test_ge_thigh_echoes_are_displaced_along_the_readout(ge_thigh):
+    """Echo 2 of this two-echo series (one excitation, so no motion) is displaced 2 voxels along
+    the frequency-encoding axis against echo 1: a bipolar readout at 244 Hz/pixel, where every
+    species moves by its frequency over the bandwidth in opposite directions in the two echoes
+    (fat by ~1.8 acquired pixels each way). Along the phase-encoding axis: none."""
+    shift = fw.echo_displacement(ge_thigh.echoes)[0]
+    assert shift[0] == pytest.approx(-2.0, abs=0.15) and abs(shift[1]) < 0.1
+
+
 def test_ge_thigh_two_echo_refused(ge_thigh):
     """GE 2-echo B0-map series (TE 3.9/6.3 ms, 3 T): the main fat peak advances 1.04 cycles
-    between the echoes, so water and fat differ by 17 Hz of field only: refused, not guessed."""
+    between the echoes, so water and fat differ by 17 Hz of field only: refused, not guessed.
+    The two-echo PDFF at these echo times is also ill-conditioned (noise amplified 4.7x by the
+    Cramer-Rao bound; accepted protocols 0.65-0.87x)."""
     from myocomp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="do not separate water and fat"):
         fw.separate(ge_thigh.echoes[:, :, 10:12], ge_thigh.te_s, ge_thigh.field_t)
+    amp = np.median(fw.two_echo_noise_amplification(ge_thigh.te_s, ge_thigh.field_t))
+    assert amp == pytest.approx(4.69, abs=0.01)
+    assert amp > fw.MAX_TWO_ECHO_AMPLIFICATION
 
 
 def test_ge_thigh_cli_refusal(ge_thigh, shared_data, tmp_path, capsys):
@@ -225,6 +239,10 @@ def test_ucl_siemens_hand_agrees_with_reference_tool(shared_data):
         f"tissue voxels {tissue.sum()}\nmedian |PDFF - ref| {diff:.4f}\ncorrelation {corr:.4f}\n")
     assert diff < 0.12
     assert corr > 0.7
+    # echoes 2 and 3 (separate series) are displaced against echo 1: said in a warning
+    shift = np.array(result.params["echo_displacement_voxels"])
+    np.testing.assert_allclose(shift[:, :2], [[1.04, -1.19], [1.07, -1.19]], atol=0.1)
+    assert any("echo 3 is displaced" in w for w in result.params["warnings"])
 
 
 def _pure_species_hz(s, te, field, fat):

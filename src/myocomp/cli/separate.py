@@ -23,10 +23,10 @@ HELP = {
     "phase_units": "Phase units: auto (detected from the value range), rad, deg, mrad (GE), "
     "uint12 (0..4095), int12 (-4096..4095).",
     "precession": "Sign convention of the phase: as_stored (ISMRM toolbox convention, "
-    "PrecessionIsClockwise=1), conjugate, or auto (>= 3 echoes: the multi-peak fit decides when "
+    "PrecessionIsClockwise=1), conjugate, or auto (the multi-peak fit decides when "
     "decisive, else the body-surface layer (the reading in which it is subcutaneous fat), else a "
-    "weaker multi-peak fit; refused when nothing decides; as_stored with 2 echoes, where it "
-    "cannot be detected). The evidence and any warning go to separation.json and stderr.",
+    "weaker multi-peak fit; refused when nothing decides; with 2 echoes whose two readings give "
+    "the same PDFF, as_stored). The evidence and any warning go to separation.json and stderr.",
     "field_range": "Half-width (Hz) of the field-map search.",
     "mask_fraction": "Signal mask: root-sum-of-squares over echoes above this fraction of its "
     "99th percentile; PDFF is NaN outside.",
