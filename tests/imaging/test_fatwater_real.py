@@ -199,7 +199,7 @@ def test_ge_thigh_cli_refusal(ge_thigh, shared_data, tmp_path, capsys):
         tar.extractall(folder, filter="data")
     code = main(["separate", "--dicom", str(folder), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 2 and "do not separate water and fat" in err
+    assert code == 2 and "echo times 3.9/6.3 ms at 3 T do not separate water and fat" in err
     assert not (tmp_path / "out").exists()
 
 

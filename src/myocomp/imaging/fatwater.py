@@ -545,6 +545,11 @@ def _check_inputs(echoes, te_s, field_t):
 MIN_FAT_ENCODING_CYCLES = 0.1
 
 
+def _te_text(te_s) -> str:
+    """'echo times 1.2/2.2/3.2 ms' for an error message."""
+    return "echo times " + "/".join(f"{t * 1000:.4g}" for t in np.asarray(te_s, dtype=float)) + " ms"
+
+
 def check_fat_encoding(te_s, field_t: float, spectrum: FatSpectrum = HAMILTON_LIVER_6) -> float:
     """Largest wrapped phase advance (cycles, 0-0.5) of the main fat peak between two echoes;
     :class:`ConfigError` when it is below :data:`MIN_FAT_ENCODING_CYCLES`, where a voxel's water
@@ -554,7 +559,7 @@ def check_fat_encoding(te_s, field_t: float, spectrum: FatSpectrum = HAMILTON_LI
     best = float(np.abs(cycles - np.round(cycles)).max())
     if best < MIN_FAT_ENCODING_CYCLES:
         raise ConfigError(
-            f"echo times {[round(t * 1000, 3) for t in te]} ms at {field_t:g} T do not separate "
+            f"{_te_text(te)} at {field_t:g} T do not separate "
             f"water and fat: the main fat peak advances at most {360 * best:.0f} degrees (modulo "
             f"a turn) between echoes, {360 * MIN_FAT_ENCODING_CYCLES:.0f} are needed")
     return best
@@ -589,14 +594,13 @@ def check_two_echo_conditioning(te_s, field_t: float,
     spikes where the model's two solutions meet); :class:`ConfigError` above
     :data:`MAX_TWO_ECHO_AMPLIFICATION`, where noise alone moves the PDFF of muscle by several
     hundredths at the SNR of clinical images (phantoms at SNR 40-100: median errors 0.05-0.08)."""
-    worst = float(np.median(two_echo_noise_amplification(te_s, field_t, spectrum)))
-    if worst > MAX_TWO_ECHO_AMPLIFICATION:
+    typical = float(np.median(two_echo_noise_amplification(te_s, field_t, spectrum)))
+    if typical > MAX_TWO_ECHO_AMPLIFICATION:
         raise ConfigError(
-            f"echo times {[round(t * 1000, 3) for t in np.asarray(te_s)]} ms at {field_t:g} T: the "
-            f"two-echo fat fraction is ill-conditioned (noise amplified {worst:.1f}x, at most "
-            f"{MAX_TWO_ECHO_AMPLIFICATION:g}x is accepted); use echoes nearer opposed- and "
-            "in-phase, or 3 or more echoes")
-    return worst
+            f"{_te_text(te_s)} at {field_t:g} T: the two-echo fat fraction is ill-conditioned "
+            f"(noise amplified {typical:.1f}x, at most {MAX_TWO_ECHO_AMPLIFICATION:g}x is "
+            "accepted); use echoes nearer opposed- and in-phase, or 3 or more echoes")
+    return typical
 
 
 def _psi_grid(te, opts) -> np.ndarray:
@@ -674,12 +678,50 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     return SeparationResult(*result, mask=mask, params=params)
 
 
+#: In-plane depth (voxels, exclusive-inclusive) of the body-surface layer of the anatomical
+#: check: the 2nd to 4th voxel inside the body, where trunk and limb images have subcutaneous fat.
+SURFACE_DEPTH = (1.0, 4.0)
+#: Planes of the surface layer (evenly spaced; the check needs a sample, not every plane).
+SURFACE_PLANES = 16
+#: At most this many surface voxels (an even subsample) are fitted per precession reading.
+SURFACE_SAMPLE = 20000
+#: Median surface-layer PDFF of a reading that reads the surface as fat / as water.
+SURFACE_FAT, SURFACE_WATER = 0.6, 0.4
+#: Residual ratio (better / worse reading) at or below which the multi-peak fit alone decides.
+RESIDUAL_DECISIVE = 0.35
+
+
+def _even_planes(n: int, planes: int) -> np.ndarray:
+    """Indices of at most ``planes`` evenly spaced planes of ``n`` (first and last included)."""
+    return np.unique(np.linspace(0, n - 1, min(planes, n)).round().astype(int))
+
+
+def surface_layer(mask: np.ndarray, depth=SURFACE_DEPTH, planes: int = SURFACE_PLANES) -> np.ndarray:
+    """(X, Y, Z) bool: on at most ``planes`` evenly spaced planes (normal to the axis with the
+    fewest voxels), the voxels of the body whose in-plane distance to the background lies in
+    ``depth`` (voxels; exclusive, inclusive). The body of a plane is its ``mask`` parts of at
+    least a tenth of the largest one (two legs count; noise specks do not), holes filled; the
+    field-of-view edge is not a surface (a body cut by it continues outside)."""
+    thin = int(np.argmin(mask.shape))
+    m = np.moveaxis(mask, thin, 0)
+    out = np.zeros(m.shape, bool)
+    for k in _even_planes(m.shape[0], planes):
+        lab, n = ndimage.label(m[k])
+        if n == 0:
+            continue
+        sizes = ndimage.sum(m[k], lab, range(1, n + 1))
+        body = ndimage.binary_fill_holes(np.isin(lab, 1 + np.flatnonzero(sizes >= 0.1 * sizes.max())))
+        dist = ndimage.distance_transform_edt(np.pad(body, 1, mode="edge"))[1:-1, 1:-1]
+        out[k] = body & (dist > depth[0]) & (dist <= depth[1])
+    return np.moveaxis(out, 0, thin)
+
+
 #: In-plane displacement (voxels) of a later echo against the first above which a warning says
 #: the echoes are not registered (ISMRM 2012 cases and phantoms: <= 0.06).
 MAX_ECHO_DISPLACEMENT = 0.5
 
 
-def echo_displacement(echoes: np.ndarray, planes: int = 16, reach: int = 4) -> np.ndarray:
+def echo_displacement(echoes: np.ndarray, planes: int = SURFACE_PLANES, reach: int = 4) -> np.ndarray:
     """(N - 1, 3) displacement (voxels, sub-voxel) of echoes 2..N against echo 1 along each axis;
     NaN along the axis with the fewest voxels (the slices), which is not searched.
 
@@ -689,9 +731,8 @@ def echo_displacement(echoes: np.ndarray, planes: int = 16, reach: int = 4) -> n
     species displaced by its frequency over the readout bandwidth, in opposite directions)
     gives a displacement; a voxel-wise separation assumes none."""
     thin = int(np.argmin(echoes.shape[:3]))
-    k = np.unique(np.linspace(0, echoes.shape[thin] - 1,
-                              min(planes, echoes.shape[thin])).round().astype(int))
-    mag = np.abs(np.take(echoes, k, axis=thin)).astype(np.float32)
+    mag = np.abs(np.take(echoes, _even_planes(echoes.shape[thin], planes), axis=thin))
+    mag = mag.astype(np.float32)
     out = np.full((echoes.shape[3] - 1, 3), np.nan)
     for axis in (a for a in range(3) if a != thin):
         grad = np.diff(mag, axis=axis)
@@ -712,39 +753,6 @@ def _displacement_warning(shift: np.ndarray) -> list[str]:
     return [f"echo {n + 2} is displaced {shift[n, axis]:+.1f} voxels along axis {axis} against "
             "echo 1 (motion between separate acquisitions, or a bipolar readout): the separation "
             "assumes registered echoes, so PDFF near tissue borders is unreliable"]
-
-
-#: In-plane depth (voxels, exclusive-inclusive) of the body-surface layer of the anatomical
-#: check: the 2nd to 4th voxel inside the body, where trunk and limb images have subcutaneous fat.
-SURFACE_DEPTH = (1.0, 4.0)
-#: Planes of the surface layer (evenly spaced; the check needs a sample, not every plane).
-SURFACE_PLANES = 16
-#: At most this many surface voxels (an even subsample) are fitted per precession reading.
-SURFACE_SAMPLE = 20000
-#: Median surface-layer PDFF of a reading that reads the surface as fat / as water.
-SURFACE_FAT, SURFACE_WATER = 0.6, 0.4
-#: Residual ratio (better / worse reading) at or below which the multi-peak fit alone decides.
-RESIDUAL_DECISIVE = 0.35
-
-
-def surface_layer(mask: np.ndarray, depth=SURFACE_DEPTH, planes: int = SURFACE_PLANES) -> np.ndarray:
-    """(X, Y, Z) bool: on at most ``planes`` evenly spaced planes (normal to the axis with the
-    fewest voxels), the voxels of the body whose in-plane distance to the background lies in
-    ``depth`` (voxels; exclusive, inclusive). The body of a plane is its ``mask`` parts of at
-    least a tenth of the largest one (two legs count; noise specks do not), holes filled; the
-    field-of-view edge is not a surface (a body cut by it continues outside)."""
-    thin = int(np.argmin(mask.shape))
-    m = np.moveaxis(mask, thin, 0)
-    out = np.zeros(m.shape, bool)
-    for k in np.unique(np.linspace(0, m.shape[0] - 1, min(planes, m.shape[0])).round().astype(int)):
-        lab, n = ndimage.label(m[k])
-        if n == 0:
-            continue
-        sizes = ndimage.sum(m[k], lab, range(1, n + 1))
-        body = ndimage.binary_fill_holes(np.isin(lab, 1 + np.flatnonzero(sizes >= 0.1 * sizes.max())))
-        dist = ndimage.distance_transform_edt(np.pad(body, 1, mode="edge"))[1:-1, 1:-1]
-        out[k] = body & (dist > depth[0]) & (dist <= depth[1])
-    return np.moveaxis(out, 0, thin)
 
 
 def _surface_pdff(echoes, coarse: _Coarse, layer, m: _Model, opts) -> np.ndarray:
