@@ -27,7 +27,11 @@ HELP = {
     "decisive, else the body-surface layer (the reading in which it is subcutaneous fat), else a "
     "weaker multi-peak fit; refused when nothing decides; with 2 echoes whose two readings give "
     "the same PDFF, as_stored). The evidence and any warning go to separation.json and stderr.",
-    "field_range": "Half-width (Hz) of the field-map search.",
+    "field_range": "Half-width (Hz) of the field-map search (multi_echo; default 600).",
+    "method": "multi_echo (default: field map, water, fat and R2* fitted to all echoes) or "
+    "phase_referenced (water and fat from one echo's phase against a grown smooth background "
+    "phase; for echo sets refused by multi_echo because fat barely changes phase between their "
+    "echoes; no R2*, PDFF biased by a few hundredths in muscle; see README).",
     "mask_fraction": "Signal mask: root-sum-of-squares over echoes above this fraction of its "
     "99th percentile; PDFF is NaN outside.",
 }
@@ -87,13 +91,22 @@ def separate(
     field_t: float | None = typer.Option(None, "--field-t", help=HELP["field_t"]),
     phase_units: str = typer.Option("auto", "--phase-units", help=HELP["phase_units"]),
     precession: str = typer.Option("auto", "--precession", help=HELP["precession"]),
-    field_range_hz: float = typer.Option(600.0, "--field-range-hz", help=HELP["field_range"]),
+    method: str = typer.Option("multi_echo", "--method", help=HELP["method"]),
+    field_range_hz: float | None = typer.Option(None, "--field-range-hz",
+                                                help=HELP["field_range"]),
     mask_fraction: float = typer.Option(0.05, "--mask-fraction", help=HELP["mask_fraction"]),
 ) -> None:
     """Fat-water separation of multi-echo data: water, fat, PDFF (0-1), B0 (Hz), R2* (1/s)."""
-    from myocomp.imaging.echoes import separate_echo_data
+    from myocomp.imaging.echoes import METHODS, separate_echo_data
 
-    if not (0 < field_range_hz <= 5000) or not (0 < mask_fraction < 1):
+    if method not in METHODS:
+        raise ConfigError(f"--method must be {' or '.join(METHODS)}, got {method!r}")
+    options = {"mask_fraction": mask_fraction}
+    if field_range_hz is not None:
+        if method != "multi_echo":
+            raise ConfigError("--field-range-hz applies to --method multi_echo only")
+        options["field_range_hz"] = field_range_hz
+    if not (0 < options.get("field_range_hz", 600.0) <= 5000) or not (0 < mask_fraction < 1):
         raise ConfigError("--field-range-hz must lie in (0, 5000] and --mask-fraction in (0, 1)")
     from myocomp.io import check_output_paths
 
@@ -103,11 +116,10 @@ def separate(
     check_output_paths({"--out": out}, inputs, folders=["--out"])
     data = load_echo_input(magnitude, phase, dicom, echoes, phase_units)
     result = separate_echo_data(data, te_s=parse_te_ms(te_ms), field_t=field_t,
-                                precession=precession, field_range_hz=field_range_hz,
-                                mask_fraction=mask_fraction)
+                                precession=precession, method=method, **options)
     paths = write_separation(result, data.affine, out, protect=[p for p in inputs.values() if p])
     p = result.params
     for text in p["warnings"]:
         typer.echo(f"warning: {text}", err=True)
-    typer.echo(f"{len(p['echo_times_s'])} echoes, {p['field_t']:g} T, precession "
+    typer.echo(f"{len(p['echo_times_s'])} echoes, {p['field_t']:g} T, {method}, precession "
                f"{p['precession']['used']}: wrote {', '.join(x.name for x in paths)} to {out}")

@@ -254,18 +254,29 @@ def _resolve(header, option, name: str, unit: str, rtol: float = 0.01):
     return option
 
 
-def separate_echo_data(data: EchoData, *, te_s=None, field_t: float | None = None,
-                       precession: str = "auto", **options):
-    """Run :func:`myocomp.imaging.fatwater.separate` on loaded echoes; echo times (s) and field (T)
-    from the headers, or the options (a conflict between both is an error)."""
-    from myocomp.imaging.fatwater import separate
+#: Separation methods of :func:`separate_echo_data`.
+METHODS = ("multi_echo", "phase_referenced")
 
+
+def separate_echo_data(data: EchoData, *, te_s=None, field_t: float | None = None,
+                       precession: str = "auto", method: str = "multi_echo", **options):
+    """Separate loaded echoes: ``method`` ``multi_echo`` (:func:`myocomp.imaging.fatwater.separate`)
+    or ``phase_referenced`` (:func:`myocomp.imaging.phaseref.separate_phase_referenced`, for echo
+    sets that do not encode fat between their echoes); echo times (s) and field (T) from the
+    headers, or the options (a conflict between both is an error)."""
+    from myocomp.imaging.fatwater import separate
+    from myocomp.imaging.phaseref import separate_phase_referenced
+
+    if method not in METHODS:
+        raise ConfigError(f"method must be {' or '.join(METHODS)}, got {method!r}")
     te = _resolve(data.te_s, None if te_s is None else tuple(te_s), "echo times", "ms")
     if len(te) != data.echoes.shape[-1]:
         raise ConfigError(f"{len(te)} echo times given for {data.echoes.shape[-1]} echoes")
     field = _resolve(data.field_t, field_t, "field strength", "T")
-    result = separate(data.echoes, te, float(field), precession=precession, **options)
-    result.params.update({"source": data.source, "phase_units": data.phase_units})
+    run = separate if method == "multi_echo" else separate_phase_referenced
+    result = run(data.echoes, te, float(field), precession=precession, **options)
+    result.params.update({"method": method, "source": data.source,
+                          "phase_units": data.phase_units})
     return result
 
 

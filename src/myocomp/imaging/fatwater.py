@@ -561,7 +561,8 @@ def check_fat_encoding(te_s, field_t: float, spectrum: FatSpectrum = HAMILTON_LI
         raise ConfigError(
             f"{_te_text(te)} at {field_t:g} T do not separate "
             f"water and fat: the main fat peak advances at most {360 * best:.0f} degrees (modulo "
-            f"a turn) between echoes, {360 * MIN_FAT_ENCODING_CYCLES:.0f} are needed")
+            f"a turn) between echoes, {360 * MIN_FAT_ENCODING_CYCLES:.0f} are needed; "
+            "'myocomp separate --method phase_referenced' uses one echo's phase instead")
     return best
 
 
@@ -599,7 +600,8 @@ def check_two_echo_conditioning(te_s, field_t: float,
         raise ConfigError(
             f"{_te_text(te_s)} at {field_t:g} T: the two-echo fat fraction is ill-conditioned "
             f"(noise amplified {typical:.1f}x, at most {MAX_TWO_ECHO_AMPLIFICATION:g}x is "
-            "accepted); use echoes nearer opposed- and in-phase, or 3 or more echoes")
+            "accepted); use echoes nearer opposed- and in-phase, or 3 or more echoes, or "
+            "'myocomp separate --method phase_referenced' (one echo's phase)")
     return typical
 
 
@@ -745,14 +747,14 @@ def echo_displacement(echoes: np.ndarray, planes: int = SURFACE_PLANES, reach: i
     return out
 
 
-def _displacement_warning(shift: np.ndarray) -> list[str]:
+def _displacement_warning(shift: np.ndarray, affected: str = "the separation assumes registered "
+                          "echoes, so PDFF near tissue borders is unreliable") -> list[str]:
     worst = np.nanmax(np.abs(shift), initial=0.0)
     if not worst > MAX_ECHO_DISPLACEMENT:
         return []
     n, axis = np.unravel_index(int(np.nanargmax(np.abs(shift))), shift.shape)
     return [f"echo {n + 2} is displaced {shift[n, axis]:+.1f} voxels along axis {axis} against "
-            "echo 1 (motion between separate acquisitions, or a bipolar readout): the separation "
-            "assumes registered echoes, so PDFF near tissue borders is unreliable"]
+            f"echo 1 (motion between separate acquisitions, or a bipolar readout): {affected}"]
 
 
 def _surface_pdff(echoes, coarse: _Coarse, layer, m: _Model, opts) -> np.ndarray:
