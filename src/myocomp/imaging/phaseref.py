@@ -189,15 +189,16 @@ def _block_reference(cost, w, opts):
 
 
 def _refine(z, b, mask, theta, opts):
-    """Voxel-level reference (step 3 of the module doc); ``b`` unit phasors (X, Y)."""
-    m, u = np.abs(z) * mask, _unit(z)
+    """Voxel-level reference (step 3 of the module doc); ``b`` unit phasors (X, Y), 0 where no
+    grown block is near (left so: a region's own phase is no reference)."""
+    m, u, known = np.abs(z) * mask, _unit(z), np.abs(b) > 0
     for _ in range(opts["iterations"]):
         rel = np.angle(u * np.conj(b))
         d_water, d_fat = np.abs(rel), np.abs(np.angle(np.exp(1j * (rel - theta))))
         clear = np.clip(np.abs(d_water - d_fat) / abs(theta), 0, 1)
         back = np.where(d_fat < d_water, np.exp(-1j * theta), 1)
         s = _smooth_complex(u * back * m * clear, opts["sigma"])
-        b = np.where(np.abs(s) > 0, _unit(s), b)
+        b = np.where(known & (np.abs(s) > 0), _unit(s), b)
     return b
 
 
@@ -208,7 +209,8 @@ def _plane_reference(z, mask, theta, opts):
     coarse = _smooth_complex(coarse, 0.7)
     up = [ndimage.zoom(part, block, order=1, mode="nearest", grid_mode=True)
           for part in (coarse.real, coarse.imag)]
-    b = _unit(up[0] + 1j * up[1])[: z.shape[0], : z.shape[1]]
+    up = (up[0] + 1j * up[1])[: z.shape[0], : z.shape[1]]
+    b = np.where(np.abs(up) > 1e-3 * np.abs(up).max(initial=0.0), _unit(up), 0)
     return _refine(z, b, mask, theta, opts), grown, decisive
 
 
@@ -264,7 +266,8 @@ def _reading(echoes, mask, k, c, layer, opts):
             f"({100 * MIN_DECISIVE:.0f} % needed): one echo's phase cannot tell which tissue a "
             "homogeneous region is, so a phase-referenced separation would be a guess")
     water, fat = components(echoes[..., k], b, c[k])
-    pdff = np.where(mask, fw.pdff_from_components(water, fat, real=True), np.nan)
+    known = mask & (np.abs(b) > 0)  # no grown block near: no reference, no PDFF
+    pdff = np.where(known, fw.pdff_from_components(water, fat, real=True), np.nan)
     surface = float(np.nanmedian(pdff[layer])) if layer.any() else float("nan")
     return water, fat, pdff.astype(np.float32), b, surface, determined
 
@@ -342,7 +345,7 @@ def separate_phase_referenced(echoes: np.ndarray, te_s, field_t: float, *,
         "options": opts, "reference_echo": k + 1, "decisive_fraction": round(determined, 4),
         "reference_fat_angle_deg": float(np.degrees(np.angle(c[k]))),
         "pdff": f"signal fat fraction F/(W+F) at echo {k + 1} (real W, F), no R2* correction",
-        "mask_voxels": int(mask.sum()),
+        "mask_voxels": int(mask.sum()), "unreferenced_voxels": int((mask & np.isnan(pdff)).sum()),
         "echo_displacement_voxels": np.round(displacement, 3).tolist(), "warnings": notes,
     }
     field_map = np.where(mask, _fieldmap(echoes, te, water, fat, c, k), 0).astype(np.float32)
