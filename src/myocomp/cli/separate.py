@@ -32,6 +32,9 @@ HELP = {
     "phase_referenced (water and fat from one echo's phase against a grown smooth background "
     "phase; for echo sets refused by multi_echo because fat barely changes phase between their "
     "echoes; no R2*, PDFF biased by a few hundredths in muscle; see README).",
+    "register_echoes": "Translate echoes 2..N onto echo 1 by their measured in-plane "
+    "displacement (sub-voxel Fourier shift) before separating: for echoes acquired as separate "
+    "series (motion between them); wrong for a bipolar readout (multi_echo only).",
     "mask_fraction": "Signal mask: root-sum-of-squares over echoes above this fraction of its "
     "99th percentile; PDFF is NaN outside.",
 }
@@ -94,6 +97,8 @@ def separate(
     method: str = typer.Option("multi_echo", "--method", help=HELP["method"]),
     field_range_hz: float | None = typer.Option(None, "--field-range-hz",
                                                 help=HELP["field_range"]),
+    register_echoes: bool = typer.Option(False, "--register-echoes",
+                                         help=HELP["register_echoes"]),
     mask_fraction: float = typer.Option(0.05, "--mask-fraction", help=HELP["mask_fraction"]),
 ) -> None:
     """Fat-water separation of multi-echo data: water, fat, PDFF (0-1), B0 (Hz), R2* (1/s)."""
@@ -102,10 +107,13 @@ def separate(
     if method not in METHODS:
         raise ConfigError(f"--method must be {' or '.join(METHODS)}, got {method!r}")
     options = {"mask_fraction": mask_fraction}
-    if field_range_hz is not None:
-        if method != "multi_echo":
-            raise ConfigError("--field-range-hz applies to --method multi_echo only")
-        options["field_range_hz"] = field_range_hz
+    multi = {"--field-range-hz": ("field_range_hz", field_range_hz),
+             "--register-echoes": ("register_echoes", register_echoes or None)}
+    for flag, (key, value) in multi.items():
+        if value is not None:
+            if method != "multi_echo":
+                raise ConfigError(f"{flag} applies to --method multi_echo only")
+            options[key] = value
     if not (0 < options.get("field_range_hz", 600.0) <= 5000) or not (0 < mask_fraction < 1):
         raise ConfigError("--field-range-hz must lie in (0, 5000] and --mask-fraction in (0, 1)")
     from myocomp.io import check_output_paths

@@ -521,6 +521,7 @@ DEFAULTS = {
     "gn_iterations": 2,
     "precession_margin": 0.85,
     "r2star_max": 1000.0,
+    "register_echoes": False,
 }
 
 
@@ -634,7 +635,9 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
         which mixes voxels within a block, still tells the readings apart on phantoms).
     options : see :data:`DEFAULTS` (field_range_hz: half-width of the field-map search in Hz;
         mask_fraction; coarse_voxels: coarse grid size per axis; smoothness; shim_weight;
-        window: fine search half-width as a fraction of the main fat shift; gn_iterations).
+        window: fine search half-width as a fraction of the main fat shift; gn_iterations;
+        register_echoes: translate echoes 2..N onto echo 1 by :func:`echo_displacement` first,
+        :func:`register_echoes`, for echoes from separate series).
     """
     unknown = set(options) - set(DEFAULTS)
     if unknown:
@@ -646,6 +649,10 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     amplification = check_two_echo_conditioning(te, field_t, spectrum) if te.size == 2 else None
     opts = {**DEFAULTS, **options, "field_t": float(field_t), "spectrum": spectrum}
     echoes = np.nan_to_num(np.asarray(echoes, dtype=np.complex64))
+    displacement = echo_displacement(echoes)
+    if opts["register_echoes"]:
+        echoes = register_echoes(echoes, displacement)
+    residual_shift = echo_displacement(echoes) if opts["register_echoes"] else displacement
     m = _model(te, field_t, spectrum)
     mask = signal_mask(echoes, opts["mask_fraction"])
     if not mask.any():
@@ -659,9 +666,8 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
     result = _fine_stage(echoes, pred, mask, m, opts)
     if not evidence["surface_pdff"] and layer.any():
         evidence["surface_pdff"][chosen] = float(np.nanmedian(result[2][layer]))
-    displacement = echo_displacement(echoes)
     notes = (evidence.pop("warnings") + _surface_warning(evidence["surface_pdff"].get(chosen), chosen)
-             + _displacement_warning(displacement))
+             + _displacement_warning(residual_shift))
     for text in notes:
         warnings.warn(text, UserWarning, stacklevel=2)
     params = {
@@ -675,6 +681,8 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
         "mask_voxels": int(mask.sum()), "fat_encoding_cycles": encoding,
         "two_echo_noise_amplification": amplification,
         "echo_displacement_voxels": np.round(displacement, 3).tolist(),
+        "echo_displacement_after_registration_voxels": (
+            np.round(residual_shift, 3).tolist() if opts["register_echoes"] else None),
         "warnings": notes,
     }
     return SeparationResult(*result, mask=mask, params=params)
@@ -747,8 +755,23 @@ def echo_displacement(echoes: np.ndarray, planes: int = SURFACE_PLANES, reach: i
     return out
 
 
+def register_echoes(echoes: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """(X, Y, Z, N) echoes 2..N translated by ``-shift`` (:func:`echo_displacement`, voxels; NaN
+    as 0) onto echo 1: a sub-voxel Fourier shift of each complex volume (periodic at the field of
+    view's edges). For echoes acquired separately (motion between series); wrong for a bipolar
+    readout, where each species is displaced by its own frequency."""
+    out = echoes.copy()
+    for n in range(1, echoes.shape[3]):
+        offset = -np.nan_to_num(np.asarray(shift[n - 1], dtype=float))
+        if np.any(offset):
+            spectrum = ndimage.fourier_shift(np.fft.fftn(echoes[..., n]), offset)
+            out[..., n] = np.fft.ifftn(spectrum).astype(echoes.dtype)
+    return out
+
+
 def _displacement_warning(shift: np.ndarray, affected: str = "the separation assumes registered "
-                          "echoes, so PDFF near tissue borders is unreliable") -> list[str]:
+                          "echoes, so PDFF near tissue borders is unreliable (echoes from separate "
+                          "series: --register-echoes)") -> list[str]:
     worst = np.nanmax(np.abs(shift), initial=0.0)
     if not worst > MAX_ECHO_DISPLACEMENT:
         return []
