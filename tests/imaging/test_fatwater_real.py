@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from myocomp.errors import ConfigError
 from myocomp.imaging import fatwater as fw
+from myocomp.imaging import phaseref as pr
 
 REPO = Path(__file__).resolve().parents[2]
 ARTEFACTS = REPO / "test-artefacts" / "fatwater"
@@ -182,8 +184,6 @@ def test_ge_thigh_two_echo_refused(ge_thigh):
     between the echoes, so water and fat differ by 17 Hz of field only: refused, not guessed.
     The two-echo PDFF at these echo times is also ill-conditioned (noise amplified 4.7x by the
     Cramer-Rao bound; accepted protocols 0.65-0.87x)."""
-    from myocomp.errors import ConfigError
-
     with pytest.raises(ConfigError, match="do not separate water and fat"):
         fw.separate(ge_thigh.echoes[:, :, 10:12], ge_thigh.te_s, ge_thigh.field_t)
     amp = np.median(fw.two_echo_noise_amplification(ge_thigh.te_s, ge_thigh.field_t))
@@ -226,18 +226,18 @@ def test_ge_thigh_phase_referenced_no_swap(ge_thigh):
     fat (band 1-4 voxels inside the body surface) median PDFF > 0.7; femoral marrow > 0.7; the
     muscles < 0.3. A swap inverts all three; an all-fat reading fails the muscles. Measured:
     band 0.91, marrow 1.00 / 1.00, muscles 0.00 / 0.00 / 0.00; the conjugated reading is chosen
-    by the surface layer (median PDFF 0.87 against 0.46 as stored), as the echo-1 phase step at
+    by the surface layer (median PDFF 0.86 against 0.43 as stored), as the echo-1 phase step at
     the surface suggested (fat at -109 degrees)."""
-    from myocomp.imaging.phaseref import separate_phase_referenced
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the bipolar displacement: tested below
-        result = separate_phase_referenced(ge_thigh.echoes, ge_thigh.te_s, ge_thigh.field_t)
+        warnings.simplefilter("ignore", UserWarning)  # tested through params["warnings"]
+        result = pr.separate_phase_referenced(ge_thigh.echoes, ge_thigh.te_s, ge_thigh.field_t)
     p = result.params
     assert (p["precession"]["used"], p["precession"]["decided_by"]) == ("conjugate",
                                                                         "surface_layer")
     assert p["reference_echo"] == 1 and p["decisive_fraction"] > 0.3
     assert any("field map is unreliable" in w for w in p["warnings"])
+    assert 0.85 < p["mirror_agreement"] < pr.MIN_MIRROR_AGREEMENT  # 0.91: the pad between the knees
+    assert any("mirror images in only" in w for w in p["warnings"])
     band, _ = anatomical_pdff(result, ge_thigh.echoes)
     marrow = {k: _roi_pdff(result.pdff, v) for k, v in GE_MARROW.items()}
     muscle = {k: _roi_pdff(result.pdff, v) for k, v in GE_MUSCLE.items()}
@@ -276,6 +276,30 @@ def test_ge_thigh_cli_phase_referenced(ge_thigh, shared_data, tmp_path, capsys):
     pdff = np.asarray(nib.load(out / "pdff.nii.gz").dataobj)
     assert _roi_pdff(pdff, GE_MARROW["left femur"]) > 0.7
     assert _roi_pdff(pdff, GE_MUSCLE["left"]) < 0.3
+
+
+@pytest.mark.parametrize("case", [13, 17])
+def test_one_echo_is_not_enough_on_ismrm_cases(shared_data, case):
+    """Why phase_referenced refuses echo sets the multi-echo method accepts: on ISMRM cases its
+    stages, run on the best echo with the multi-echo result's precession, disagree with that
+    result (|dPDFF| > 0.3) in 35 % (13: the heart's blood pool, where flow moves the phase, reads
+    as fat) and 29 % (17: the fat bands below the femoral head read as water) of the voxels.
+    Cases 15 and 16 measured 30 % and 32 %. A documented limit: if this starts to fail, the
+    method got better and the README must say so."""
+    echoes, te, field, _ = _ismrm(shared_data, case)
+    with pytest.raises(ConfigError, match="encode fat between the echoes"):
+        pr.separate_phase_referenced(echoes, te, field)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = fw.separate(echoes, te, field)
+    data = echoes.conj() if ref.params["precession"]["used"] == "conjugate" else echoes
+    k = pr.reference_echo(te, field)
+    c = fw.fat_phasors(te, field)[k]
+    mask = fw.signal_mask(data)
+    b, _ = pr.background_phase(data[..., k], mask, float(np.angle(c)))
+    pdff = fw.pdff_from_components(*pr.components(data[..., k], b, c), real=True)
+    tissue = mask & ref.mask
+    assert np.mean(np.abs(pdff - ref.pdff)[tissue] > 0.3) > 0.2
 
 
 HAND = ("0006", "0007", "0008", "0009", "0010", "0011")

@@ -15,8 +15,9 @@ from myocomp.synth.multiecho import _muscle_mask, make_multiecho_phantom
 GRID = {"voxel_size_mm": (4.0, 4.0, 8.0), "supersample": 1}
 
 #: Echo sets the multi-echo separation refuses: ge_thigh's (fat advances 15 degrees between the
-#: echoes) and two ill-conditioned pairs (noise amplification 10.3x and 4.6x).
-REFUSED = [((3.9, 6.3), 3.0), ((1.7, 2.9), 3.0), ((1.5, 3.0), 1.5)]
+#: echoes), the Siemens B0 field-mapping pair at 3 T (25 degrees) and two ill-conditioned pairs
+#: (noise amplification 10.3x and 4.6x).
+REFUSED = [((3.9, 6.3), 3.0), ((4.92, 7.38), 3.0), ((1.7, 2.9), 3.0), ((1.5, 3.0), 1.5)]
 
 
 def _phantom(te_ms, field_t, precession="as_stored", seed=3):
@@ -33,11 +34,12 @@ def _separate(ph, **kw):
 @pytest.mark.parametrize("precession", ["as_stored", "conjugate"])
 @pytest.mark.parametrize(("te_ms", "field_t"), REFUSED)
 def test_phantoms_the_multi_echo_method_refuses(te_ms, field_t, precession):
-    """Measured (seeds 3 and 7, SNR 40, B0 +-300 Hz, R2* 30 1/s): 0-1.0 % of tissue voxels
-    swapped; muscle median |PDFF error| 0.03-0.07, per-muscle mean error up to 0.08 (the
-    smooth reference absorbs part of a homogeneous region's own fat: a bias towards 0 in
-    muscle); field median error 2.4-12 Hz (phase noise over dTE 1.2-2.4 ms). Either convention
-    is read as the phantom's own, by the body-surface layer."""
+    """Measured (seed 3, SNR 40, B0 +-300 Hz, R2* 30 1/s): 0-0.43 % of tissue voxels swapped
+    (the field-map pair at 7.38 ms: 12.5 % before the phase ramp was removed first); muscle
+    median |PDFF error| 0.045-0.054, per-muscle mean error up to 0.060 (the smooth reference
+    absorbs part of a homogeneous region's own fat: muscle reads too lean); field median error
+    2.3-8.6 Hz (phase noise over dTE 1.2-2.5 ms). Either convention is read as the phantom's
+    own, by the body-surface layer, and the readings are mirror images (agreement >= 0.97)."""
     ph = _phantom(te_ms, field_t, precession)
     with pytest.raises(ConfigError, match="--method phase_referenced"):
         fw.separate(ph.echoes, ph.te_s, field_t)
@@ -45,15 +47,16 @@ def test_phantoms_the_multi_echo_method_refuses(te_ms, field_t, precession):
     p = result.params
     assert (p["precession"]["used"], p["precession"]["decided_by"]) == (precession,
                                                                         "surface_layer")
-    assert p["reference_echo"] == 1 and result.r2star is None
+    assert p["reference_echo"] == (2 if te_ms == (4.92, 7.38) else 1) and result.r2star is None
     muscle = _muscle_mask(ph.labels, "mrsegmentator")
     body = np.isfinite(ph.pdff) & (ph.water + ph.fat > 200)
     err = result.pdff - ph.pdff
-    assert np.mean(np.abs(err[body]) > 0.3) <= 0.015
-    assert np.median(np.abs(err[muscle])) <= 0.08
+    assert np.mean(np.abs(err[body]) > 0.3) <= 0.005
+    assert np.median(np.abs(err[muscle])) <= 0.07
     for label in np.unique(ph.labels[muscle]):
-        assert abs(np.mean(err[ph.labels == label])) <= 0.1, label
-    assert np.median(np.abs(result.fieldmap_hz - ph.fieldmap_hz)[body]) <= 15.0
+        assert abs(np.mean(err[ph.labels == label])) <= 0.08, label
+    assert np.median(np.abs(result.fieldmap_hz - ph.fieldmap_hz)[body]) <= 12.0
+    assert p["mirror_agreement"] >= pr.MIN_MIRROR_AGREEMENT and not p["warnings"]
 
 
 def test_the_two_readings_are_mirror_images():
@@ -76,6 +79,23 @@ def test_reference_echo_choice_and_refusals():
     ph = _phantom((3.9, 6.3), 3.0)
     with pytest.raises(ConfigError, match="unknown phase-referenced option"):
         pr.separate_phase_referenced(ph.echoes, ph.te_s, 3.0, field_range_hz=300)
+    three = _phantom((1.2, 2.2, 3.2), 3.0)
+    with pytest.raises(ConfigError, match="encode fat between the echoes: use the multi-echo"):
+        pr.separate_phase_referenced(three.echoes, three.te_s, 3.0)
+
+
+def test_phase_ramp_is_removed_without_the_tissue_steps():
+    """A plane of water and fat patches on a phase winding 3 turns: the ramp estimate follows
+    the background within a few degrees, not the 109-degree steps at the patch borders."""
+    x, y = np.meshgrid(np.arange(96), np.arange(80), indexing="ij")
+    background = 0.2 * x + 0.0015 * (y - 40) ** 2
+    fat = ((x // 16 + y // 16) % 2).astype(bool)
+    theta = np.radians(109.0)
+    z = np.exp(1j * (background + theta * fat))
+    ramp = pr.background_ramp(z, np.ones(z.shape, bool), 12.0)
+    inner = (slice(16, -16), slice(16, -16))
+    error = np.angle(np.exp(1j * (ramp - background)))[inner]
+    assert np.ptp(error - np.median(error)) < np.radians(20)
 
 
 @pytest.mark.parametrize("precession", ["auto", "as_stored"])

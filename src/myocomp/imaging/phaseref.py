@@ -8,6 +8,9 @@ gives ``F = Im(s e^-i phi) / Im c`` and ``W = Re(s e^-i phi) - F Re c``. A voxel
 tell ``phi``: a water voxel has phase ``phi``, a fat voxel ``phi + theta``. The background phase
 is smooth, so it is grown over each plane (after Ma, JMRI 2008;27:881-890):
 
+0. The plane's phase ramp (:func:`background_ramp`: B0 over several hundred Hz winds the phase
+   by turns across the field of view) is removed first, so that within a block and between
+   neighbouring blocks the background phase is nearly constant; it is restored at the end.
 1. Blocks of ``block`` x ``block`` voxels; per block a cost over a grid of ``phi`` (5 degrees):
    the signal-weighted mean of ``1 - max(cos(psi - phi), cos(psi - theta - phi))`` (each voxel
    read as water or as fat, whichever fits). A block with both tissues has one minimum; a block
@@ -28,6 +31,9 @@ body-surface layer reads as subcutaneous fat, clearly more than the other's, is 
 (:func:`_decide`), else the separation is refused. An image with too few water/fat borders (less
 than :data:`MIN_DECISIVE` of its signal in blocks holding both tissues) is refused with any
 precession: nothing in it fixes which tissue a homogeneous region is.
+The two readings are grown independently; where the data fix the reading they are mirror
+images, so a low :func:`mirror_agreement` is a warning. Echo sets the multi-echo method accepts
+are refused (:func:`check_not_encoded`): on the ISMRM 2012 cases one echo is not enough.
 
 Limits. PDFF is the signal fat fraction at that echo: no R2* correction, and a homogeneous
 region's own fat fraction shifts its phase, which the smooth reference partly absorbs (phantoms:
@@ -40,7 +46,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft, ndimage
 
 from myocomp.errors import ConfigError, InputFileError
 from myocomp.imaging import fatwater as fw
@@ -50,6 +56,7 @@ DEFAULTS = {
     "block": 8,
     "smoothness": 0.1,
     "sigma": 4.0,
+    "ramp_sigma": 12.0,
     "iterations": 3,
     "min_blocks": 4,
 }
@@ -58,7 +65,7 @@ K = 72
 _GRID = np.exp(2j * np.pi * np.arange(K) / K)
 #: A block is decisive when its second-best reading costs this much more than its best.
 DECISIVE_GAP = 0.05
-#: Least fraction of the grown signal in decisive blocks (phantoms 0.85-0.87, ge_thigh 0.36,
+#: Least fraction of the grown signal in decisive blocks (phantoms 0.82-0.87, ge_thigh 0.36,
 #: water only 0): below it the water/fat reading of the image is not fixed by its borders.
 MIN_DECISIVE = 0.1
 #: Least |Im c| (c: the fat phasor of the reference echo): below it fat is too close to in- or
@@ -202,7 +209,39 @@ def _refine(z, b, mask, theta, opts):
     return b
 
 
+def background_ramp(z: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """(X, Y) smooth phase (rad) of one plane whose gradient is the local (Gaussian ``sigma``
+    voxels) signal-weighted circular mean of neighbour phase differences, integrated by least
+    squares (Neumann Poisson equation, DCT). Steps across water/fat borders enter as
+    ``g +- theta`` in about equal numbers, so their sum points along ``g`` and the estimate
+    follows the background (B0 up to the echo, coil) without the tissue steps."""
+    m, u = np.abs(z) * mask, _unit(z)
+    div = np.zeros(z.shape)
+    for axis in (0, 1):
+        head, tail = [slice(None)] * 2, [slice(None)] * 2
+        head[axis], tail[axis] = slice(0, -1), slice(1, None)
+        head, tail = tuple(head), tuple(tail)
+        pairs = np.zeros(z.shape, complex)
+        pairs[head] = u[tail] * np.conj(u[head]) * m[tail] * m[head]
+        grad = np.angle(_smooth_complex(pairs, sigma))
+        grad[tuple(slice(-1, None) if a == axis else slice(None) for a in (0, 1))] = 0
+        div += grad
+        div[tail] -= grad[head]
+    eig = [2 * np.cos(np.pi * np.arange(n) / n) - 2 for n in z.shape]
+    den = eig[0][:, None] + eig[1][None, :]
+    den[0, 0] = 1.0
+    coef = fft.dctn(div, type=2, norm="ortho") / den
+    coef[0, 0] = 0.0
+    return fft.idctn(coef, type=2, norm="ortho")
+
+
 def _plane_reference(z, mask, theta, opts):
+    ramp = np.exp(1j * background_ramp(z, mask, opts["ramp_sigma"]))
+    b, grown, decisive = _grown_reference(z * np.conj(ramp), mask, theta, opts)
+    return b * ramp, grown, decisive
+
+
+def _grown_reference(z, mask, theta, opts):
     block = opts["block"]
     cost, w = block_costs(z, mask, theta, block)
     coarse, grown, decisive = _block_reference(cost, w, opts)
@@ -272,6 +311,45 @@ def _reading(echoes, mask, k, c, layer, opts):
     return water, fat, pdff.astype(np.float32), b, surface, determined
 
 
+def check_not_encoded(te_s, field_t: float, spectrum=fw.HAMILTON_LIVER_6) -> None:
+    """ConfigError when the multi-echo separation accepts these echoes: it fits every echo (and
+    R2*) and is PDFF-grade; one echo's phase is the fallback for echo sets it refuses."""
+    try:
+        fw.check_fat_encoding(te_s, field_t, spectrum)
+        if len(te_s) == 2:
+            fw.check_two_echo_conditioning(te_s, field_t, spectrum)
+    except ConfigError:
+        return
+    raise ConfigError(f"{fw._te_text(te_s)} at {field_t:g} T encode fat between the echoes: use "
+                      "the multi-echo separation (--method multi_echo, the default); "
+                      "phase_referenced is for echo sets it refuses")
+
+
+#: Mirror agreement (:func:`mirror_agreement`) below which a result carries a warning.
+MIN_MIRROR_AGREEMENT = 0.95
+
+
+def mirror_agreement(readings: dict, c_abs: float, mask) -> float:
+    """Signal-weighted fraction of the mask where the conjugated reading's PDFF is within 0.2 of
+    the mirror image of the as-stored one (water |c| F, fat W / |c|). Both are grown
+    independently, so where the data fix the reading they agree; where the growth's path did,
+    they need not (ge_thigh 0.92; phantoms 0.97-1.00)."""
+    (w1, f1, *_), (w2, f2, *_) = readings["as_stored"], readings["conjugate"]
+    mirror = fw.pdff_from_components(c_abs * np.clip(f1, 0, None), np.clip(w1, 0, None) / c_abs,
+                                     real=True)
+    agree = np.abs(fw.pdff_from_components(w2, f2, real=True) - mirror) < 0.2
+    weight = np.abs(w1 + f1)[mask]
+    return float((weight * agree[mask]).sum() / max(weight.sum(), 1e-30))
+
+
+def _agreement_warning(agreement) -> list[str]:
+    if agreement is None or agreement >= MIN_MIRROR_AGREEMENT:
+        return []
+    return [f"the two readings are mirror images in only {100 * agreement:.0f} % of the signal "
+            "(region growing decided the rest): regions may read water as fat; check the water "
+            "and fat images"]
+
+
 #: Least difference of the two readings' median surface-layer PDFF for the surface to decide.
 #: The readings are near mirror images (a PDFF p maps to about (1 - p) / (1 - p + |c|^2 p)), so
 #: their medians meet near 0.6 when the surface is neither water nor fat.
@@ -314,6 +392,7 @@ def separate_phase_referenced(echoes: np.ndarray, te_s, field_t: float, *,
     if precession not in ("auto", "as_stored", "conjugate"):
         raise ConfigError(f"precession must be auto, as_stored or conjugate, got {precession!r}")
     te = fw._check_inputs(echoes, te_s, field_t)
+    check_not_encoded(te, field_t, spectrum)
     opts = {**DEFAULTS, **options}
     echoes = np.nan_to_num(np.asarray(echoes, dtype=np.complex64))
     k = reference_echo(te, field_t, spectrum)
@@ -330,10 +409,11 @@ def separate_phase_referenced(echoes: np.ndarray, te_s, field_t: float, *,
     if chosen == "conjugate":
         echoes = echoes.conj()
     water, fat, pdff, b, _, determined = readings[chosen]
+    agreement = mirror_agreement(readings, abs(c[k]), mask) if len(readings) == 2 else None
     displacement = fw.echo_displacement(echoes)
-    notes = fw._surface_warning(surface[chosen], chosen) + fw._displacement_warning(
-        displacement, f"the field map is unreliable near tissue borders (PDFF uses echo {k + 1} "
-        "alone)")
+    notes = (fw._surface_warning(surface[chosen], chosen) + _agreement_warning(agreement)
+             + fw._displacement_warning(displacement, "the field map is unreliable near tissue "
+                                        f"borders (PDFF uses echo {k + 1} alone)"))
     for text in notes:
         warnings.warn(text, UserWarning, stacklevel=2)
     params = {
@@ -343,6 +423,7 @@ def separate_phase_referenced(echoes: np.ndarray, te_s, field_t: float, *,
         "precession": {"requested": precession, "used": chosen, "surface_pdff": surface,
                        "decided_by": basis},
         "options": opts, "reference_echo": k + 1, "decisive_fraction": round(determined, 4),
+        "mirror_agreement": None if agreement is None else round(agreement, 4),
         "reference_fat_angle_deg": float(np.degrees(np.angle(c[k]))),
         "pdff": f"signal fat fraction F/(W+F) at echo {k + 1} (real W, F), no R2* correction",
         "mask_voxels": int(mask.sum()), "unreferenced_voxels": int((mask & np.isnan(pdff)).sum()),
