@@ -103,6 +103,10 @@ def test_separate_pairs_with_uint12_phase_and_options(echo_dir, tmp_path, capsys
     (["--te-ms", "1,2"], "conflicts"),
     (["--magnitude", "nope.nii.gz", "--phase", "nope.nii.gz"], "give exactly one input"),
     (["--field-range-hz", "-5"], "field-range"),
+    (["--mask-fraction", "2"], "--mask-fraction must lie in (0, 1)"),
+    (["--method", "single"], "--method must be multi_echo or phase_referenced"),
+    (["--method", "phase_referenced", "--register-echoes"], "applies to --method multi_echo"),
+    (["--method", "phase_referenced"], "encode fat between the echoes"),  # 1.2/2.2/3.2 ms
 ])
 def test_separate_bad_input_exit_2_nothing_written(echo_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "sep"

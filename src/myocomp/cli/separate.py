@@ -64,6 +64,28 @@ def load_echo_input(magnitude, phase, dicom, echoes, phase_units):
     return load_echo_pairs(magnitude, phase, phase_units=phase_units)
 
 
+def separation_options(method, field_range_hz, register_echoes, mask_fraction) -> dict:
+    """The separation options the command line gives, checked (field range and registration are
+    options of the multi-echo method only)."""
+    from myocomp.imaging.echoes import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"--method must be {' or '.join(METHODS)}, got {method!r}")
+    if not (0 < mask_fraction < 1):
+        raise ConfigError("--mask-fraction must lie in (0, 1)")
+    options = {"mask_fraction": mask_fraction}
+    given = {"--field-range-hz": ("field_range_hz", field_range_hz),
+             "--register-echoes": ("register_echoes", True if register_echoes else None)}
+    for flag, (key, value) in given.items():
+        if value is not None and method != "multi_echo":
+            raise ConfigError(f"{flag} applies to --method multi_echo only")
+        if value is not None:
+            options[key] = value
+    if not (0 < options.get("field_range_hz", 600.0) <= 5000):
+        raise ConfigError("--field-range-hz must lie in (0, 5000]")
+    return options
+
+
 def write_separation(result, affine, out: Path, protect=()) -> list[Path]:
     """Write the maps (float32, input grid) and separation.json, all or none, never over
     an input (``protect``)."""
@@ -102,21 +124,10 @@ def separate(
     mask_fraction: float = typer.Option(0.05, "--mask-fraction", help=HELP["mask_fraction"]),
 ) -> None:
     """Fat-water separation of multi-echo data: water, fat, PDFF (0-1), B0 (Hz), R2* (1/s)."""
-    from myocomp.imaging.echoes import METHODS, separate_echo_data
-
-    if method not in METHODS:
-        raise ConfigError(f"--method must be {' or '.join(METHODS)}, got {method!r}")
-    options = {"mask_fraction": mask_fraction}
-    multi = {"--field-range-hz": ("field_range_hz", field_range_hz),
-             "--register-echoes": ("register_echoes", register_echoes or None)}
-    for flag, (key, value) in multi.items():
-        if value is not None:
-            if method != "multi_echo":
-                raise ConfigError(f"{flag} applies to --method multi_echo only")
-            options[key] = value
-    if not (0 < options.get("field_range_hz", 600.0) <= 5000) or not (0 < mask_fraction < 1):
-        raise ConfigError("--field-range-hz must lie in (0, 5000] and --mask-fraction in (0, 1)")
+    from myocomp.imaging.echoes import separate_echo_data
     from myocomp.io import check_output_paths
+
+    options = separation_options(method, field_range_hz, register_echoes, mask_fraction)
 
     inputs = {"--dicom": dicom, "--echoes": echoes}
     inputs |= {f"--magnitude {i + 1}": p for i, p in enumerate(magnitude or [])}

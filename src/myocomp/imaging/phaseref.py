@@ -37,7 +37,7 @@ are refused (:func:`check_not_encoded`): on the ISMRM 2012 cases one echo is not
 
 Limits. PDFF is the signal fat fraction at that echo: no R2* correction, and a homogeneous
 region's own fat fraction shifts its phase, which the smooth reference partly absorbs (phantoms:
-muscle PDFF biased by -0.02 to -0.07). The field map comes from the phase difference of the two
+muscle PDFF biased by -0.04 to -0.05). The field map comes from the phase difference of the two
 echoes furthest apart, corrected for the fat the separation found (wrapped to +- 1 / (2 dTE)).
 """
 
