@@ -525,6 +525,27 @@ DEFAULTS = {
 }
 
 
+def check_call(echoes, te_s, field_t, precession: str, options: dict, defaults: dict,
+               kind: str) -> np.ndarray:
+    """The echo times (s) of a separation call, after refusing options not in ``defaults``
+    (named as ``kind`` options), an unknown ``precession`` and malformed echoes, echo times or
+    field (:class:`ConfigError`, :class:`InputFileError`)."""
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ConfigError(f"unknown {kind} option(s): {', '.join(sorted(unknown))}")
+    if precession not in ("auto", "as_stored", "conjugate"):
+        raise ConfigError(f"precession must be auto, as_stored or conjugate, got {precession!r}")
+    return _check_inputs(echoes, te_s, field_t)
+
+
+def body_signal_mask(echoes: np.ndarray, fraction: float) -> np.ndarray:
+    """:func:`signal_mask`, refused (:class:`InputFileError`) when no voxel has signal."""
+    mask = signal_mask(echoes, fraction)
+    if not mask.any():
+        raise InputFileError("no voxel with signal above the mask threshold")
+    return mask
+
+
 def _check_inputs(echoes, te_s, field_t):
     if echoes.ndim != 4:
         raise InputFileError(f"echoes must be (X, Y, Z, N) complex, got shape {echoes.shape}")
@@ -639,24 +660,17 @@ def separate(echoes: np.ndarray, te_s, field_t: float, *, spectrum: FatSpectrum 
         register_echoes: translate echoes 2..N onto echo 1 by :func:`echo_displacement` first,
         :func:`register_echoes`, for echoes from separate series).
     """
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown separation option(s): {', '.join(sorted(unknown))}")
-    if precession not in ("auto", "as_stored", "conjugate"):
-        raise ConfigError(f"precession must be auto, as_stored or conjugate, got {precession!r}")
-    te = _check_inputs(echoes, te_s, field_t)
+    te = check_call(echoes, te_s, field_t, precession, options, DEFAULTS, "separation")
     encoding = check_fat_encoding(te, field_t, spectrum)
     amplification = check_two_echo_conditioning(te, field_t, spectrum) if te.size == 2 else None
     opts = {**DEFAULTS, **options, "field_t": float(field_t), "spectrum": spectrum}
     echoes = np.nan_to_num(np.asarray(echoes, dtype=np.complex64))
-    displacement = echo_displacement(echoes)
+    displacement = residual_shift = echo_displacement(echoes)
     if opts["register_echoes"]:
         echoes = register_echoes(echoes, displacement)
-    residual_shift = echo_displacement(echoes) if opts["register_echoes"] else displacement
+        residual_shift = echo_displacement(echoes)
     m = _model(te, field_t, spectrum)
-    mask = signal_mask(echoes, opts["mask_fraction"])
-    if not mask.any():
-        raise InputFileError("no voxel with signal above the mask threshold")
+    mask = body_signal_mask(echoes, opts["mask_fraction"])
     psis = _psi_grid(te, opts)
     layer = surface_layer(mask)
     chosen, coarse, pred, evidence = _precession_stage(echoes, mask, layer, m, psis, opts,

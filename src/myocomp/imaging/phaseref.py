@@ -44,6 +44,7 @@ echoes furthest apart, corrected for the fat the separation found (wrapped to +-
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from scipy import fft, ndimage
@@ -297,7 +298,19 @@ def _fieldmap(echoes, te, water, fat, c, k) -> np.ndarray:
     return (np.angle(ratio) / (2 * np.pi * (te[j] - te[k]))).astype(np.float32)
 
 
-def _reading(echoes, mask, k, c, layer, opts):
+class _Reading(NamedTuple):
+    """One precession reading: real W, F; PDFF; the background phasors; the median PDFF of the
+    body-surface layer; the fraction of decisive signal (:func:`background_phase`)."""
+
+    water: np.ndarray
+    fat: np.ndarray
+    pdff: np.ndarray
+    phase: np.ndarray
+    surface: float
+    determined: float
+
+
+def _reading(echoes, mask, k, c, layer, opts) -> _Reading:
     b, determined = background_phase(echoes[..., k], mask, float(np.angle(c[k])), **opts)
     if determined < MIN_DECISIVE:
         raise InputFileError(
@@ -308,7 +321,7 @@ def _reading(echoes, mask, k, c, layer, opts):
     known = mask & (np.abs(b) > 0)  # no grown block near: no reference, no PDFF
     pdff = np.where(known, fw.pdff_from_components(water, fat, real=True), np.nan)
     surface = float(np.nanmedian(pdff[layer])) if layer.any() else float("nan")
-    return water, fat, pdff.astype(np.float32), b, surface, determined
+    return _Reading(water, fat, pdff.astype(np.float32), b, surface, determined)
 
 
 def check_not_encoded(te_s, field_t: float, spectrum=fw.HAMILTON_LIVER_6) -> None:
@@ -334,11 +347,11 @@ def mirror_agreement(readings: dict, c_abs: float, mask) -> float:
     the mirror image of the as-stored one (water |c| F, fat W / |c|). Both are grown
     independently, so where the data fix the reading they agree; where the growth's path did,
     they need not (ge_thigh 0.92; phantoms 0.97-1.00)."""
-    (w1, f1, *_), (w2, f2, *_) = readings["as_stored"], readings["conjugate"]
-    mirror = fw.pdff_from_components(c_abs * np.clip(f1, 0, None), np.clip(w1, 0, None) / c_abs,
-                                     real=True)
-    agree = np.abs(fw.pdff_from_components(w2, f2, real=True) - mirror) < 0.2
-    weight = np.abs(w1 + f1)[mask]
+    one, other = readings["as_stored"], readings["conjugate"]
+    mirror = fw.pdff_from_components(c_abs * np.clip(one.fat, 0, None),
+                                     np.clip(one.water, 0, None) / c_abs, real=True)
+    agree = np.abs(fw.pdff_from_components(other.water, other.fat, real=True) - mirror) < 0.2
+    weight = np.abs(one.water + one.fat)[mask]
     return float((weight * agree[mask]).sum() / max(weight.sum(), 1e-30))
 
 
@@ -386,25 +399,18 @@ def separate_phase_referenced(echoes: np.ndarray, te_s, field_t: float, *,
     Returns a :class:`fatwater.SeparationResult` with ``r2star`` None; water and fat are the
     real amplitudes at the reference echo times its background phase.
     """
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown phase-referenced option(s): {', '.join(sorted(unknown))}")
-    if precession not in ("auto", "as_stored", "conjugate"):
-        raise ConfigError(f"precession must be auto, as_stored or conjugate, got {precession!r}")
-    te = fw._check_inputs(echoes, te_s, field_t)
+    te = fw.check_call(echoes, te_s, field_t, precession, options, DEFAULTS, "phase-referenced")
     check_not_encoded(te, field_t, spectrum)
     opts = {**DEFAULTS, **options}
     echoes = np.nan_to_num(np.asarray(echoes, dtype=np.complex64))
     k = reference_echo(te, field_t, spectrum)
     c = fw.fat_phasors(te, field_t, spectrum)
-    mask = fw.signal_mask(echoes, opts["mask_fraction"])
-    if not mask.any():
-        raise InputFileError("no voxel with signal above the mask threshold")
+    mask = fw.body_signal_mask(echoes, opts["mask_fraction"])
     layer = fw.surface_layer(mask)
     names = ("as_stored", "conjugate") if precession == "auto" else (precession,)
     readings = {n: _reading(echoes if n == "as_stored" else echoes.conj(), mask, k, c, layer, opts)
                 for n in names}
-    surface = {n: r[4] for n, r in readings.items()}
+    surface = {n: r.surface for n, r in readings.items()}
     chosen, basis = _decide(surface, precession)
     if chosen == "conjugate":
         echoes = echoes.conj()
